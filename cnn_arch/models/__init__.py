@@ -1,0 +1,17 @@
+"""Model zoo. ``create(name, num_classes=..., **overrides)`` and ``names()``.
+
+Each module in this package defines one family and registers its named models
+with ``registry.register``; importing the package imports every family, so adding
+a family is adding a file.
+"""
+
+import importlib
+import pkgutil
+
+from cnn_arch.models.registry import ModelSpec, create, names, register, spec
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("registry", "layers"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["ModelSpec", "create", "names", "register", "spec"]

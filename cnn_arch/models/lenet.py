@@ -1,0 +1,66 @@
+"""LeNet-5 in its modern form (LeCun et al. 1998, as taught today).
+
+conv 6@5x5 -> avgpool 2 -> conv 16@5x5 -> avgpool 2 -> FC 120 -> FC 84 -> FC classes.
+Inputs smaller than 32x32 are padded to 32x32 with their edge values (MNIST's
+28x28 digits sit in a 32x32 field in the paper, Sec. II.B), so a 28x28 digit gives
+the paper's 5x5x16 feature map. 61,706 parameters at 10 classes without norm.
+Convs and FCs keep their biases unless a norm layer follows them directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_arch.models import layers
+from cnn_arch.models.registry import register
+
+
+def pad_to(x, size: int):
+    """Edge-pads NHWC ``x`` to at least ``size`` x ``size``, keeping it centred."""
+    ph, pw = max(0, size - x.shape[1]), max(0, size - x.shape[2])
+    if ph == 0 and pw == 0:
+        return x
+    pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+    return jnp.pad(x, pads, mode="edge")
+
+
+class LeNet5(nn.Module):
+    num_classes: int = 10
+    activation: str = "relu"
+    norm: str = "none"
+    norm_position: str = "before"  # see layers.norm_act
+    dropout_rate: float = 0.0  # on the FC layers; 0 as in the paper
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
+        act = layers.make_act(self.activation)
+        # Layers directly followed by a norm do not need a bias (BN paper, Sec. 3.2).
+        use_bias = not (layers.is_normalized(self.norm) and self.norm_position == "before")
+
+        def block(x, layer, name):
+            if self.norm_position == "input":
+                x = norm(name=f"{name}_norm")(x)
+            x = layer(x)
+            return layers.norm_act(x, norm, act, self.norm_position, f"{name}_norm")
+
+        x = pad_to(x.astype(self.dtype), 32)
+        conv = layers.make_conv(self.dtype, padding="VALID", use_bias=use_bias)
+        x = block(x, conv(6, (5, 5), name="conv1"), "conv1")
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = block(x, conv(16, (5, 5), name="conv2"), "conv2")
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        for i, width in enumerate((120, 84)):
+            dense = nn.Dense(width, use_bias=use_bias, dtype=self.dtype, name=f"fc{i + 1}")
+            x = block(x, dense, f"fc{i + 1}")
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+register("lenet5", LeNet5, input_shape=(28, 28, 1))
