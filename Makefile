@@ -1,0 +1,24 @@
+# The two commands a new user runs: `make quickstart` and `make test`.
+# Both create .venv and install the project (CPU JAX) on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: $(VENV)/.installed
+	$(PY) -m cnn_arch.main --config=configs/quickstart.py --workdir=runs/quickstart
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+.PHONY: install quickstart test lint

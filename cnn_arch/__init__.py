@@ -1,0 +1,1 @@
+"""cnn_arch: classic CNN architectures and Batch Normalization in JAX/Flax."""

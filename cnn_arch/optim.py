@@ -1,0 +1,81 @@
+"""Optimizers, learning-rate schedules and weight-decay masks (optax).
+
+Every optimizer is ``chain(scale_by_<rule>, scale_by_learning_rate(schedule))`` with
+weight decay inserted either before the rule ('l2': the gradient of
+0.5 * wd * ||w||^2, exactly an L2 loss term) or after it ('decoupled': Loshchilov &
+Hutter 2019, i.e. AdamW and its SGD counterpart).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def base_learning_rate(config) -> float:
+    """``learning_rate``, times batch_size/256 under linear scaling (Goyal et al. 2017)."""
+    if config.lr_scaling == "linear":
+        return config.learning_rate * config.batch_size / 256
+    return config.learning_rate
+
+
+def make_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    """The learning rate at each step: optional linear warmup, then ``config.schedule``."""
+    lr = base_learning_rate(config)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif config.schedule == "step":  # x lr_decay_factor at each epoch listed (ResNet, Sec. 3.4)
+        boundaries = {
+            int(e * steps_per_epoch) - warmup: config.lr_decay_factor for e in config.lr_decay_epochs
+        }
+        main = optax.piecewise_constant_schedule(lr, boundaries)
+    elif config.schedule == "exponential":  # BN-Inception: decay every few epochs
+        main = optax.exponential_decay(
+            lr,
+            transition_steps=max(1, int(config.lr_decay_every_epochs * steps_per_epoch)),
+            decay_rate=config.lr_decay_factor,
+            staircase=True,
+        )
+    elif config.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total_steps - warmup))
+    else:
+        raise ValueError(f"schedule={config.schedule!r}; choose one of {SCHEDULES}")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def decay_mask(params):
+    """True for the weights weight decay applies to: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _scale_rule(config) -> optax.GradientTransformation:
+    if config.optimizer == "sgd":
+        if config.momentum == 0:
+            return optax.identity()
+        return optax.trace(decay=config.momentum, nesterov=config.nesterov)
+    if config.optimizer in ("adam", "adamw"):
+        return optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.optimizer_eps)
+    if config.optimizer == "rmsprop":
+        rule = [optax.scale_by_rms(decay=config.rmsprop_decay, eps=config.optimizer_eps)]
+        if config.momentum:
+            rule.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
+        return optax.chain(*rule)
+    raise ValueError(f"optimizer={config.optimizer!r}; choose one of {OPTIMIZERS}")
+
+
+def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    mode = "decoupled" if config.optimizer == "adamw" else config.weight_decay_mode
+    parts = [_scale_rule(config)]
+    if config.weight_decay:
+        mask = None if config.weight_decay_on_norm_and_bias else decay_mask
+        decay = optax.add_decayed_weights(config.weight_decay, mask=mask)
+        parts.insert(0 if mode == "l2" else 1, decay)
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts)

@@ -1,0 +1,272 @@
+"""The training loop: TrainState, train_step, eval_step and train_and_evaluate().
+
+One jitted step over a device Mesh: the batch is sharded over 'data', the state is
+replicated and donated. Nothing here is model- or dataset-specific.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from flax import struct
+
+from cnn_arch import checkpoint, data, metrics, models, optim, parallel
+from cnn_arch.validate import validate_config
+
+# Weight of each auxiliary classifier's loss (GoogLeNet, Szegedy et al. 2014, Sec. 5).
+AUX_LOSS_WEIGHT = 0.3
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a step reads and writes; a checkpoint is exactly this tree."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # base key; step k uses fold_in(rng, k), so a resumed run repeats it
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int, mesh
+) -> TrainState:
+    """Initializes params (float32) and optimizer state, replicated over ``mesh``."""
+
+    def init():
+        init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+        variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=rng,
+        )
+
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+def _logits_and_aux(outputs):
+    """Models with auxiliary heads return (main, aux1, ...) in training."""
+    if isinstance(outputs, tuple):
+        return outputs[0], outputs[1:]
+    return outputs, ()
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing: float):
+    """One SGD step on a global batch; returns the new state and batch-mean metrics."""
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        outputs, new_vars = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": step_rng},
+        )
+        logits, aux = _logits_and_aux(outputs)
+        loss = metrics.cross_entropy(logits, batch["label"], label_smoothing).mean()
+        for aux_logits in aux:
+            loss += AUX_LOSS_WEIGHT * metrics.cross_entropy(aux_logits, batch["label"]).mean()
+        return loss, (logits, new_vars.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    step_metrics = {
+        "loss": loss,
+        "top1": metrics.correct_topk(logits, batch["label"], 1).mean(),
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch, *, model):
+    """Summed loss / top-1 / top-5 / count over the real (mask=1) examples of a batch."""
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+    )
+    return metrics.summed_metrics(logits, batch["label"], batch["mask"])
+
+
+def evaluate(eval_fn, state, config, info, mesh) -> dict[str, float]:
+    """Runs ``eval_fn`` over the whole eval split; returns per-example averages."""
+    local = config.eval_batch_size // jax.process_count()
+    totals = None
+    for batch in data.eval_batches(
+        config,
+        info,
+        local_batch_size=local,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
+        sums = eval_fn(state, parallel.global_batch(mesh, batch))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    result = metrics.averages(jax.device_get(totals))
+    result["num_examples"] = int(jax.device_get(totals["count"]))
+    return result
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    return models.create(
+        config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs
+    )
+
+
+def total_train_steps(config, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return max(1, math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def _format_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, mesh=None
+) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and
+    returns the final eval metrics."""
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    validate_config(config, device_count=mesh.devices.size)
+    info = data.dataset_info(config)
+    os.makedirs(workdir, exist_ok=True)
+
+    steps_per_epoch = info.num_train // config.batch_size
+    total_steps = total_train_steps(config, steps_per_epoch)
+    eval_every = config.steps_per_eval if config.steps_per_eval > 0 else steps_per_epoch
+    model = build_model(config, info.num_classes)
+    schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
+    tx = optim.make_optimizer(config, schedule)
+    state = create_train_state(model, tx, info.image_shape, config.seed, mesh)
+
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    restored = ckpts.restore_latest(state)
+    if restored is not None:
+        state = restored
+        logging.info("Resumed from %s at step %d.", ckpts.directory, int(state.step))
+    start_step = int(state.step)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    writer = metrics.Writer(workdir)
+    replicated, batched = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    p_train = jax.jit(
+        lambda s, b: train_step(
+            s, b, model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing
+        ),
+        in_shardings=(replicated, batched),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    p_eval = jax.jit(
+        lambda s, b: eval_step(s, b, model=model),
+        in_shardings=(replicated, batched),
+        out_shardings=replicated,
+    )
+
+    if start_step >= total_steps:
+        logging.info("Training already finished (step %d of %d); nothing to do.", start_step, total_steps)
+        writer.close()
+        ckpts.close()
+        final = os.path.join(workdir, "final_eval.json")
+        return json.load(open(final)) if os.path.exists(final) else {}
+
+    train_iter = data.train_batches(
+        config,
+        info,
+        local_batch_size=config.batch_size // jax.process_count(),
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    logging.info(
+        "Training %s on %s: %d steps (%d per epoch), global batch %d on %d devices.",
+        config.model,
+        config.dataset,
+        total_steps,
+        steps_per_epoch,
+        config.batch_size,
+        mesh.devices.size,
+    )
+    window, t_window, steps_in_window = [], time.perf_counter(), 0
+    eval_result: dict[str, float] = {}
+    for step in range(start_step + 1, total_steps + 1):
+        batch = parallel.global_batch(mesh, next(train_iter))
+        if step == start_step + 1:
+            t0 = time.perf_counter()
+            p_train = p_train.lower(state, batch).compile()
+            logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+            t_window = time.perf_counter()
+        state, step_metrics = p_train(state, batch)
+        window.append(step_metrics)
+        steps_in_window += 1
+
+        if step % config.log_every_steps == 0 or step == total_steps:
+            summary = {
+                k: float(v) for k, v in jax.device_get(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *window)).items()
+            }
+            elapsed = time.perf_counter() - t_window
+            summary["steps_per_sec"] = steps_in_window / elapsed
+            summary["images_per_sec"] = summary["steps_per_sec"] * config.batch_size
+            writer.write(step, "train", summary)
+            logging.info(
+                "step %d/%d | loss %.4f | top1 %.2f%% | %.1f steps/s | %.0f img/s | ETA %s",
+                step,
+                total_steps,
+                summary["loss"],
+                100 * summary["top1"],
+                summary["steps_per_sec"],
+                summary["images_per_sec"],
+                _format_eta((total_steps - step) / summary["steps_per_sec"]),
+            )
+            window, steps_in_window, t_window = [], 0, time.perf_counter()
+
+        if step % eval_every == 0 or step == total_steps:
+            eval_result = evaluate(p_eval, state, config, info, mesh)
+            writer.write(step, "eval", eval_result)
+            logging.info(
+                "eval at step %d | loss %.4f | top1 %.2f%% | top5 %.2f%% (%d examples)",
+                step,
+                eval_result["loss"],
+                100 * eval_result["top1"],
+                100 * eval_result["top5"],
+                eval_result["num_examples"],
+            )
+            t_window = time.perf_counter()  # eval time is not training throughput
+
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            ckpts.save(step, state)
+
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+            json.dump(eval_result, f)
+    return eval_result
