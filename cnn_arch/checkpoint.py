@@ -9,6 +9,8 @@ previous one is used instead.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -39,25 +41,53 @@ class Checkpoints:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once a multi-host preemption notice has reached ``step``."""
+        return self._manager.reached_preemption(step)
+
     def restore_latest(self, target):
         """The newest readable checkpoint restored into ``target``'s structure and
-        shardings, or None when there is none."""
+        shardings, or None when the folder has no checkpoint.
+
+        An unreadable checkpoint is moved to ``<workdir>/corrupt_checkpoints/`` (kept,
+        not deleted) and the previous one is tried; if none can be read, that is an
+        error rather than a silent fresh start.
+        """
         self._manager.reload()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in steps:
             try:
                 _check_shapes(self._manager.item_metadata(step), abstract, self.path(step))
                 return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means a bad checkpoint
+                moved = self._set_aside(step)
                 logging.error(
-                    "checkpoint %s cannot be read (%s: %s); trying the previous one",
+                    "Checkpoint %s cannot be read (%s: %s); moved it to %s and trying the "
+                    "previous one.",
                     self.path(step),
                     type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                    moved,
                 )
+        if steps:
+            raise UserError(
+                f"none of the checkpoints {steps} in {self.directory} can be read; they were "
+                "moved to corrupt_checkpoints/ next to it, rerun to start from scratch"
+            )
         return None
+
+    def _set_aside(self, step: int) -> str:
+        if jax.process_index() != 0:
+            return self.path(step)
+        dest_dir = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, f"{step}-{int(time.time())}")
+        shutil.move(self.path(step), dest)
+        self._manager.reload()
+        return dest
 
     def close(self) -> None:
         self._manager.close()

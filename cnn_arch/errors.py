@@ -1,5 +1,19 @@
-"""User-facing errors: caught in main and printed as one sentence (exit status 2)."""
+"""User-facing errors: main prints each as one sentence and exits with ``exit_code``."""
 
 
 class UserError(Exception):
     """A problem the user can fix (config, data, workdir); never a bug in cnn_arch."""
+
+    exit_code = 2
+
+
+class Diverged(UserError):
+    """The loss or gradient norm became inf/nan; training stopped before saving it."""
+
+    exit_code = 3
+
+
+class Preempted(UserError):
+    """SIGTERM/SIGINT arrived; a checkpoint of the current step was committed."""
+
+    exit_code = 4

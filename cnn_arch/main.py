@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
@@ -34,11 +35,42 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     parallel.initialize_distributed()
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train.train_and_evaluate(_load_config(), _WORKDIR.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    typo = re.search(r'Did you mean \W*"([\w.]+)\W* instead of \W*"([\w.]+)', text)
+    if typo:  # ml_collections' answer to an unknown --config.<key>
+        return f"config has no key {typo.group(2)!r}; did you mean {typo.group(1)!r}?"
+    bare_key = re.fullmatch(r"""["']*([\w.]+)["']*""", text.strip())
+    if bare_key:
+        return f"config has no key {bare_key.group(1)!r}"
+    return " ".join(text.split()) or type(e).__name__
+
+
+def _load_config():
+    """The --config file, loaded; it is user code, so any failure is a user error."""
+    try:
+        config = _CONFIG.value
+        config.keys()  # a file that failed to load raises only when first used
+        return config
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot load --config: {_one_line(e)}") from None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag (unknown config key, wrong type, missing config
+    file, no --workdir) is one 'error:' line and exit status 2, like every user error."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - config files are user code: any failure is theirs
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

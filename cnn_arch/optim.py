@@ -31,7 +31,8 @@ def make_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sched
         main = optax.constant_schedule(lr)
     elif config.schedule == "step":  # x lr_decay_factor at each epoch listed (ResNet, Sec. 3.4)
         boundaries = {
-            int(e * steps_per_epoch) - warmup: config.lr_decay_factor for e in config.lr_decay_epochs
+            int(e * steps_per_epoch) - warmup: config.lr_decay_factor
+            for e in config.lr_decay_epochs
         }
         main = optax.piecewise_constant_schedule(lr, boundaries)
     elif config.schedule == "exponential":  # BN-Inception: decay every few epochs

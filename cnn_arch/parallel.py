@@ -46,6 +46,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's examples -> one global array per key, sharded over 'data'."""
     sharding = batch_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -6,9 +6,12 @@ replicated and donated. Nothing here is model- or dataset-specific.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -16,11 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from flax import struct
 
 from cnn_arch import checkpoint, data, metrics, models, optim, parallel
+from cnn_arch.errors import Diverged, Preempted, UserError
 from cnn_arch.validate import validate_config
 
 # Weight of each auxiliary classifier's loss (GoogLeNet, Szegedy et al. 2014, Sec. 5).
@@ -64,8 +69,15 @@ def _logits_and_aux(outputs):
     return outputs, ()
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing: float):
-    """One SGD step on a global batch; returns the new state and batch-mean metrics."""
+def train_step(
+    state: TrainState, batch, *, model, tx, schedule, label_smoothing: float, skip_nonfinite: bool
+):
+    """One optimizer step on a global batch; returns the new state and batch-mean metrics.
+
+    With ``skip_nonfinite`` an update whose loss or gradient norm is inf/nan is dropped
+    (params, BN statistics and optimizer state stay as they were), as fp16 dynamic loss
+    scaling does; the step counter still advances so the data moves on.
+    """
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -82,21 +94,24 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing
             loss += AUX_LOSS_WEIGHT * metrics.cross_entropy(aux_logits, batch["label"]).mean()
         return loss, (logits, new_vars.get("batch_stats", {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        old = (state.params, state.batch_stats, state.opt_state)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, batch_stats, opt_state = new
     new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     step_metrics = {
         "loss": loss,
         "top1": metrics.correct_topk(logits, batch["label"], 1).mean(),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
     return new_state, step_metrics
 
@@ -129,9 +144,7 @@ def evaluate(eval_fn, state, config, info, mesh) -> dict[str, float]:
 
 def build_model(config, num_classes: int) -> nn.Module:
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-    return models.create(
-        config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs
-    )
+    return models.create(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs)
 
 
 def total_train_steps(config, steps_per_epoch: int) -> int:
@@ -146,17 +159,70 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+class StopSignals:
+    """Records SIGTERM/SIGINT during training instead of dying, so the loop can commit a
+    checkpoint of the current step first (preemptible TPUs send SIGTERM)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_workdir(workdir: str) -> None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--workdir={workdir} is not writable ({e.strerror or e})") from None
+
+
+def _mean_metrics(window: list[dict]) -> dict[str, float]:
+    stacked = jax.device_get(window)
+    return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, mesh=None
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and
-    returns the final eval metrics."""
+    returns the final eval metrics.
+
+    Raises UserError for a bad config, dataset or workdir; Diverged when the loss or
+    gradient norm becomes non-finite (nothing non-finite is saved); Preempted after
+    committing a checkpoint when SIGTERM/SIGINT arrives.
+    """
     mesh = parallel.make_mesh() if mesh is None else mesh
     validate_config(config, device_count=mesh.devices.size)
     info = data.dataset_info(config)
-    os.makedirs(workdir, exist_ok=True)
-
     steps_per_epoch = info.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"config.batch_size={config.batch_size} is larger than the {info.num_train} "
+            f"training examples of {config.dataset!r}"
+        )
+    _prepare_workdir(workdir)
+
     total_steps = total_train_steps(config, steps_per_epoch)
     eval_every = config.steps_per_eval if config.steps_per_eval > 0 else steps_per_epoch
     model = build_model(config, info.num_classes)
@@ -170,33 +236,36 @@ def train_and_evaluate(
         state = restored
         logging.info("Resumed from %s at step %d.", ckpts.directory, int(state.step))
     start_step = int(state.step)
+    final_path = os.path.join(workdir, "final_eval.json")
+    if start_step >= total_steps:
+        logging.info(
+            "Training already finished (step %d of %d); nothing to do.", start_step, total_steps
+        )
+        ckpts.close()
+        return json.load(open(final_path)) if os.path.exists(final_path) else {}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-    writer = metrics.Writer(workdir)
     replicated, batched = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     p_train = jax.jit(
-        lambda s, b: train_step(
-            s, b, model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            label_smoothing=config.label_smoothing,
+            skip_nonfinite=config.on_nonfinite == "skip",
         ),
         in_shardings=(replicated, batched),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
     p_eval = jax.jit(
-        lambda s, b: eval_step(s, b, model=model),
+        functools.partial(eval_step, model=model),
         in_shardings=(replicated, batched),
         out_shardings=replicated,
     )
-
-    if start_step >= total_steps:
-        logging.info("Training already finished (step %d of %d); nothing to do.", start_step, total_steps)
-        writer.close()
-        ckpts.close()
-        final = os.path.join(workdir, "final_eval.json")
-        return json.load(open(final)) if os.path.exists(final) else {}
-
     train_iter = data.train_batches(
         config,
         info,
@@ -214,59 +283,97 @@ def train_and_evaluate(
         config.batch_size,
         mesh.devices.size,
     )
-    window, t_window, steps_in_window = [], time.perf_counter(), 0
+
+    last_saved = ckpts.latest_step()
+    unchecked: tuple[int, dict] | None = None  # a step whose loss the host has not seen yet
+
+    def check_finite() -> None:
+        """Stops on the first non-finite step, keeping the last finite checkpoint."""
+        nonlocal unchecked
+        if unchecked is None or config.on_nonfinite == "skip":
+            unchecked = None
+            return
+        step, m = unchecked
+        unchecked = None
+        loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            ckpts.wait()
+            good = ckpts.path(last_saved) if last_saved is not None else "none (no checkpoint yet)"
+            raise Diverged(
+                f"training diverged at step {step}: loss={loss}, grad_norm={grad_norm}; "
+                f"the last good checkpoint is {good}; lower config.learning_rate or set "
+                "config.on_nonfinite='skip'"
+            )
+
+    writer = metrics.Writer(workdir)
+    window: list[dict] = []
+    t_window = time.perf_counter()
     eval_result: dict[str, float] = {}
-    for step in range(start_step + 1, total_steps + 1):
-        batch = parallel.global_batch(mesh, next(train_iter))
-        if step == start_step + 1:
-            t0 = time.perf_counter()
-            p_train = p_train.lower(state, batch).compile()
-            logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
-            t_window = time.perf_counter()
-        state, step_metrics = p_train(state, batch)
-        window.append(step_metrics)
-        steps_in_window += 1
+    try:
+        with StopSignals() as stop:
+            for step in range(start_step + 1, total_steps + 1):
+                batch = parallel.global_batch(mesh, next(train_iter))
+                if step == start_step + 1:
+                    t0 = time.perf_counter()
+                    p_train = p_train.lower(state, batch).compile()
+                    logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+                    t_window = time.perf_counter()
+                state, step_metrics = p_train(state, batch)
+                check_finite()  # the previous step: one step stays in flight on the device
+                unchecked = (step, step_metrics)
+                window.append(step_metrics)
 
-        if step % config.log_every_steps == 0 or step == total_steps:
-            summary = {
-                k: float(v) for k, v in jax.device_get(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *window)).items()
-            }
-            elapsed = time.perf_counter() - t_window
-            summary["steps_per_sec"] = steps_in_window / elapsed
-            summary["images_per_sec"] = summary["steps_per_sec"] * config.batch_size
-            writer.write(step, "train", summary)
-            logging.info(
-                "step %d/%d | loss %.4f | top1 %.2f%% | %.1f steps/s | %.0f img/s | ETA %s",
-                step,
-                total_steps,
-                summary["loss"],
-                100 * summary["top1"],
-                summary["steps_per_sec"],
-                summary["images_per_sec"],
-                _format_eta((total_steps - step) / summary["steps_per_sec"]),
-            )
-            window, steps_in_window, t_window = [], 0, time.perf_counter()
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    check_finite()
+                    summary = _mean_metrics(window)
+                    summary["steps_per_sec"] = len(window) / (time.perf_counter() - t_window)
+                    summary["images_per_sec"] = summary["steps_per_sec"] * config.batch_size
+                    writer.write(step, "train", summary)
+                    logging.info(
+                        "step %d/%d | loss %.4f | top1 %.2f%% | %.1f steps/s | %.0f img/s | ETA %s",
+                        step,
+                        total_steps,
+                        summary["loss"],
+                        100 * summary["top1"],
+                        summary["steps_per_sec"],
+                        summary["images_per_sec"],
+                        _format_eta((total_steps - step) / summary["steps_per_sec"]),
+                    )
+                    window, t_window = [], time.perf_counter()
 
-        if step % eval_every == 0 or step == total_steps:
-            eval_result = evaluate(p_eval, state, config, info, mesh)
-            writer.write(step, "eval", eval_result)
-            logging.info(
-                "eval at step %d | loss %.4f | top1 %.2f%% | top5 %.2f%% (%d examples)",
-                step,
-                eval_result["loss"],
-                100 * eval_result["top1"],
-                100 * eval_result["top5"],
-                eval_result["num_examples"],
-            )
-            t_window = time.perf_counter()  # eval time is not training throughput
+                if step % eval_every == 0 or step == total_steps:
+                    check_finite()
+                    eval_result = evaluate(p_eval, state, config, info, mesh)
+                    writer.write(step, "eval", eval_result)
+                    logging.info(
+                        "eval at step %d | loss %.4f | top1 %.2f%% | top5 %.2f%% (%d examples)",
+                        step,
+                        eval_result["loss"],
+                        100 * eval_result["top1"],
+                        100 * eval_result["top5"],
+                        eval_result["num_examples"],
+                    )
+                    t_window = time.perf_counter()  # eval time is not training throughput
 
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            ckpts.save(step, state)
-
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
+                preempted = stop.received or (
+                    jax.process_count() > 1 and ckpts.reached_preemption(step)
+                )
+                if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
+                    check_finite()
+                    ckpts.save(step, state)
+                    last_saved = step
+                if preempted:
+                    ckpts.wait()
+                    raise Preempted(
+                        f"preempted ({stop.received or 'preemption notice'}) at step {step}; "
+                        f"checkpoint {ckpts.path(step)} is committed; rerun the same command "
+                        "to resume"
+                    )
+        ckpts.wait()
+    finally:
+        ckpts.close()
+        writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+        with open(final_path, "w") as f:
             json.dump(eval_result, f)
     return eval_result

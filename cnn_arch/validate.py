@@ -15,6 +15,7 @@ CHOICES = {
     "weight_decay_mode": optim.WEIGHT_DECAY_MODES,
     "lr_scaling": ("none", "linear"),
     "augment": ("default", "none"),
+    "on_nonfinite": ("stop", "skip"),
 }
 POSITIVE = (
     "batch_size",

@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment = "default"  # 'default' = the dataset's standard recipe, or 'none'
     c.shuffle_buffer = 50_000
     c.cache = True  # cache decoded examples in host memory (small datasets)
+    c.image_size = 224  # side of the crops for variable-size images (ImageNet)
+    c.download = False  # let TFDS download and prepare a missing dataset
 
     # Optimization.
     c.batch_size = 128  # global, over all devices and hosts
@@ -53,4 +55,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.seed = 0
+    c.on_nonfinite = "stop"  # inf/nan loss or gradient: "stop" with a message, or "skip" the update
     return c

@@ -14,7 +14,9 @@ from cnn_arch import optim
 def test_step_schedule_decays_tenfold_at_epochs():
     c = small_config(schedule="step", learning_rate=0.1, lr_decay_epochs=(2, 4))
     s = optim.make_schedule(c, steps_per_epoch=10, total_steps=60)
-    np.testing.assert_allclose([s(0), s(19), s(20), s(39), s(40)], [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(
+        [s(0), s(19), s(20), s(39), s(40)], [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6
+    )
 
 
 def test_warmup_then_cosine():
@@ -24,9 +26,13 @@ def test_warmup_then_cosine():
 
 
 def test_exponential_schedule_staircase():
-    c = small_config(schedule="exponential", learning_rate=0.045, lr_decay_factor=0.94, lr_decay_every_epochs=2)
+    c = small_config(
+        schedule="exponential", learning_rate=0.045, lr_decay_factor=0.94, lr_decay_every_epochs=2
+    )
     s = optim.make_schedule(c, steps_per_epoch=10, total_steps=100)
-    np.testing.assert_allclose([s(19), s(20), s(40)], [0.045, 0.045 * 0.94, 0.045 * 0.94**2], rtol=1e-6)
+    np.testing.assert_allclose(
+        [s(19), s(20), s(40)], [0.045, 0.045 * 0.94, 0.045 * 0.94**2], rtol=1e-6
+    )
 
 
 def test_linear_scaling():

@@ -44,7 +44,9 @@ def test_train_and_eval_step_on_mnist(model, shared_tfds, tmp_path):
     rows = _read_jsonl(tmp_path)
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [2, 4]
-    assert {"loss", "top1", "steps_per_sec", "images_per_sec", "learning_rate"} <= set(train_rows[0])
+    assert {"loss", "top1", "steps_per_sec", "images_per_sec", "learning_rate"} <= set(
+        train_rows[0]
+    )
     assert json.load(open(tmp_path / "config.json"))["model"] == model
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
@@ -118,7 +120,12 @@ def test_eight_devices_equal_one_device(shared_tfds, tmp_path):
     script = SHARDED_SCRIPT.format(root=str(ROOT / "tests"), data=shared_tfds, tmp=str(tmp_path))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT")[1])
@@ -154,10 +161,16 @@ def test_sigkill_and_resume_gives_identical_parameters(offline_tfds, tmp_path):
     """kill -9 mid-run, rerun the same command: bitwise the same final parameters."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    subprocess.run(_cli(clean, offline_tfds), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        _cli(clean, offline_tfds), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600
+    )
 
     proc = subprocess.Popen(
-        _cli(killed, offline_tfds), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _cli(killed, offline_tfds),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while time.time() < deadline and not any(s >= 40 for s in _committed_steps(killed)):
@@ -167,7 +180,9 @@ def test_sigkill_and_resume_gives_identical_parameters(offline_tfds, tmp_path):
     steps_at_kill = _committed_steps(killed)
     assert steps_at_kill and max(steps_at_kill) < 150, steps_at_kill
 
-    rerun = subprocess.run(_cli(killed, offline_tfds), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        _cli(killed, offline_tfds), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resumed from {killed / 'checkpoints'} at step {max(steps_at_kill)}" in rerun.stderr
 
@@ -176,7 +191,9 @@ def test_sigkill_and_resume_gives_identical_parameters(offline_tfds, tmp_path):
     assert step_a == step_b == 150
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
-    again = subprocess.run(_cli(killed, offline_tfds), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        _cli(killed, offline_tfds), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0 and "Training already finished" in again.stderr
 
 

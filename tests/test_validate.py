@@ -85,4 +85,6 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: config.optimizer='sgdd' is not allowed: choose one of sgd, adam, adamw, rmsprop"]
+    assert errors == [
+        "error: config.optimizer='sgdd' is not allowed: choose one of sgd, adam, adamw, rmsprop"
+    ]

@@ -37,8 +37,10 @@ class DataInfo:
 
 def data_dir_for(config) -> str:
     """config.data_dir, else $TFDS_DATA_DIR, else TFDS' default folder."""
-    return config.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-        "~/tensorflow_datasets"
+    return (
+        config.data_dir
+        or os.environ.get("TFDS_DATA_DIR")
+        or os.path.expanduser("~/tensorflow_datasets")
     )
 
 

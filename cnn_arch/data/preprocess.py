@@ -24,8 +24,6 @@ MEAN_STD = {
 DEFAULT_MEAN_STD = ((127.5,), (127.5,))
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What to do to one dataset's images; chosen by ``recipe_for``."""
@@ -72,9 +70,7 @@ def _pad_crop_flip(image, seed):
 
 def _inception_crop(image_or_bytes, size: int, seed, fused_jpeg: bool):
     """Random-resized crop: 8%-100% of the area, aspect ratio 3/4-4/3, then resize."""
-    shape = (
-        tf.image.extract_jpeg_shape(image_or_bytes) if fused_jpeg else tf.shape(image_or_bytes)
-    )
+    shape = tf.image.extract_jpeg_shape(image_or_bytes) if fused_jpeg else tf.shape(image_or_bytes)
     seeds = tf.random.experimental.stateless_split(seed, 2)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
@@ -98,9 +94,7 @@ def _inception_crop(image_or_bytes, size: int, seed, fused_jpeg: bool):
 
 def _center_crop(image_or_bytes, size: int, fused_jpeg: bool):
     """Center crop of side size/0.875 of the shorter edge, resized to ``size``."""
-    shape = (
-        tf.image.extract_jpeg_shape(image_or_bytes) if fused_jpeg else tf.shape(image_or_bytes)
-    )
+    shape = tf.image.extract_jpeg_shape(image_or_bytes) if fused_jpeg else tf.shape(image_or_bytes)
     h, w = shape[0], shape[1]
     side = tf.cast(
         size / (size + 32) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32

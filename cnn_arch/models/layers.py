@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_arch.norm.kinds import NORM_KINDS as _BN_LAB_KINDS  # norm/ never imports models/
+
 ModuleDef = Any
 Dtype = Any
 
@@ -80,6 +82,8 @@ NORMS: dict[str, Callable[..., ModuleDef]] = {
     "instance": _instance,
     "none": _none,
 }
+# The BatchNorm lab (cnn_arch/norm): 'batch_alg1', 'batch_alg1_manual', 'ghost_batch'.
+NORMS.update(_BN_LAB_KINDS)
 
 
 def make_norm(

@@ -55,4 +55,6 @@ def create(name: str, **overrides: Any) -> nn.Module:
     try:
         return spec(name).build(**overrides)
     except TypeError as e:  # an override the module does not have
-        raise ValueError(f"model {name!r} does not accept these options {sorted(overrides)}: {e}") from e
+        raise ValueError(
+            f"model {name!r} does not accept these options {sorted(overrides)}: {e}"
+        ) from e

@@ -1,0 +1,49 @@
+"""Squeeze-and-Excitation (Hu et al. 2018) and the SE-ResNets.
+
+The SE block (Sec. 3, Fig. 3) rescales the channels of a residual branch before the
+addition: global average pool ("squeeze", Sec. 3.1) -> FC C/r -> ReLU -> FC C ->
+sigmoid ("excitation", Sec. 3.2) -> channel-wise scale, with reduction r = 16
+(Sec. 6.1, Table 10). Any ResNet in ``resnet.py`` gets it with ``se_ratio=r``.
+
+The registered SE-ResNets match the Cadene ``pretrainedmodels`` implementation
+(a port of the authors' Caffe models) exactly: its SE FCs are 1x1 convs *with*
+biases (same parameters as the Dense layers here) and its bottlenecks put the stride
+in the first 1x1 conv (``version='v1'``). Parameter counts at 1000 classes:
+se_resnet50 28,088,024; se_resnet101 49,326,872; se_resnet152 66,821,848;
+se_resnext50_32x4d 27,559,896. The only difference is the stem max-pool: Cadene uses
+``ceil_mode=True`` without padding, torchvision (used here) pads by 1; both give
+56x56 at 224x224.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_arch.models.registry import register
+from cnn_arch.models.resnet import IMAGENET_DEPTHS, ResNet
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``."""
+
+    reduction: int = 16
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2))  # squeeze: global average pooling (Sec. 3.1)
+        s = nn.Dense(max(1, channels // self.reduction), dtype=self.dtype, name="fc1")(s)
+        s = nn.Dense(channels, dtype=self.dtype, name="fc2")(nn.relu(s))
+        return x * nn.sigmoid(s)[:, None, None, :].astype(x.dtype)
+
+
+for _depth in (50, 101, 152):
+    register(f"se_resnet{_depth}", ResNet, **IMAGENET_DEPTHS[_depth], se_ratio=16, version="v1")
+# Cadene's SE-ResNeXt keeps the stride in the 3x3 grouped conv (the v1.5 position).
+register(
+    "se_resnext50_32x4d", ResNet, **IMAGENET_DEPTHS[50], se_ratio=16, groups=32, width_per_group=4
+)
