@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from cnn_arch import checkpoint, data, metrics, models, optim, parallel
+from cnn_arch import checkpoint, data, metrics, models, norm, optim, parallel
 from cnn_arch.errors import Diverged, Preempted, UserError
 from cnn_arch.validate import validate_config
 
@@ -70,10 +70,20 @@ def _logits_and_aux(outputs):
 
 
 def train_step(
-    state: TrainState, batch, *, model, tx, schedule, label_smoothing: float, skip_nonfinite: bool
+    state: TrainState,
+    batch,
+    *,
+    model,
+    tx,
+    schedule,
+    label_smoothing: float,
+    skip_nonfinite: bool,
+    per_device_bn_mesh=None,
 ):
     """One optimizer step on a global batch; returns the new state and batch-mean metrics.
 
+    BN statistics are those of the global batch (sync BN); with ``per_device_bn_mesh``
+    each device normalizes its own shard instead (``norm.apply_per_device``).
     With ``skip_nonfinite`` an update whose loss or gradient norm is inf/nan is dropped
     (params, BN statistics and optimizer state stay as they were), as fp16 dynamic loss
     scaling does; the step counter still advances so the data moves on.
@@ -81,18 +91,22 @@ def train_step(
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        outputs, new_vars = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": step_rng},
-        )
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        rngs = {"dropout": step_rng}
+        if per_device_bn_mesh is not None:
+            outputs, batch_stats = norm.apply_per_device(
+                model, variables, batch["image"], mesh=per_device_bn_mesh, rngs=rngs
+            )
+        else:
+            outputs, new_vars = model.apply(
+                variables, batch["image"], train=True, mutable=["batch_stats"], rngs=rngs
+            )
+            batch_stats = new_vars.get("batch_stats", {})
         logits, aux = _logits_and_aux(outputs)
         loss = metrics.cross_entropy(logits, batch["label"], label_smoothing).mean()
         for aux_logits in aux:
             loss += AUX_LOSS_WEIGHT * metrics.cross_entropy(aux_logits, batch["label"]).mean()
-        return loss, (logits, new_vars.get("batch_stats", {}))
+        return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -256,6 +270,7 @@ def train_and_evaluate(
             schedule=schedule,
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
+            per_device_bn_mesh=mesh if config.bn_statistics == "per_device" else None,
         ),
         in_shardings=(replicated, batched),
         out_shardings=(replicated, replicated),

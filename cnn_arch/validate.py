@@ -16,6 +16,7 @@ CHOICES = {
     "lr_scaling": ("none", "linear"),
     "augment": ("default", "none"),
     "on_nonfinite": ("stop", "skip"),
+    "bn_statistics": ("global", "per_device"),
 }
 POSITIVE = (
     "batch_size",

@@ -12,6 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Model: a name from cnn_arch.models.names() and constructor overrides.
     c.model = "lenet5"
     c.model_kwargs = ml_collections.ConfigDict()  # e.g. {'norm': 'batch'}
+    # BN statistics under data parallelism: 'global' = over the whole global batch (sync
+    # BN, what SPMD jit gives); 'per_device' = each device's shard on its own, as in
+    # classic multi-GPU training. For fixed sub-batches use model_kwargs.norm='ghost_batch'.
+    c.bn_statistics = "global"
     c.half_precision = False  # bfloat16 compute, float32 params and BN statistics
 
     # Data: any TFDS image-classification dataset by name.

@@ -110,13 +110,25 @@ SHARDED_SCRIPT = textwrap.dedent(
         res = train.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(jax.devices()[:n]))
         rows = [json.loads(l) for l in open(workdir + "/metrics.jsonl")]
         out[n] = {{"train": [r["loss"] for r in rows if r["split"] == "train"], "eval": res}}
+    # per-device statistics on 8 devices == ghost BN over 8 sub-batches on one device
+    for name, n, norm, stats in (("per_device", 8, "batch", "per_device"),
+                                 ("ghost", 1, "ghost_batch", "global")):
+        config = small_config(model="mlp", dataset="mnist", data_dir={data!r},
+                              eval_split="test[:1000]", model_kwargs={{"norm": norm}},
+                              bn_statistics=stats, batch_size=256, eval_batch_size=200,
+                              num_train_steps=4, log_every_steps=1)
+        workdir = {tmp!r} + f"/{{name}}"
+        train.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(jax.devices()[:n]))
+        rows = [json.loads(l) for l in open(workdir + "/metrics.jsonl")]
+        out[name] = [r["loss"] for r in rows if r["split"] == "train"]
     print("RESULT" + json.dumps(out))
     """
 )
 
 
 def test_eight_devices_equal_one_device(shared_tfds, tmp_path):
-    """Same global batch on 8 fake CPU devices (sync BN) gives the 1-device losses."""
+    """Same global batch on 8 fake CPU devices (sync BN) gives the 1-device losses, and
+    per-device BN statistics on 8 devices equal ghost BN with k = batch / 8."""
     script = SHARDED_SCRIPT.format(root=str(ROOT / "tests"), data=shared_tfds, tmp=str(tmp_path))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run(
@@ -134,6 +146,8 @@ def test_eight_devices_equal_one_device(shared_tfds, tmp_path):
     np.testing.assert_allclose(one["train"], eight["train"], rtol=1e-5)
     np.testing.assert_allclose(one["eval"]["loss"], eight["eval"]["loss"], rtol=1e-5)
     assert one["eval"]["top1"] == eight["eval"]["top1"]
+    assert len(out["ghost"]) == 4
+    np.testing.assert_allclose(out["per_device"], out["ghost"], rtol=1e-5)
 
 
 def _cli(workdir, data_dir, *extra):
