@@ -26,8 +26,24 @@ def correct_topk(logits, labels, k: int):
     return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def per_pixel(logits, labels, mask=None):
+    """Segmentation outputs (N, H, W, C) as N*H*W rows of logits, so one loss and one
+    accuracy serve both tasks. Label maps larger than the logits (the unpadded U-Net
+    loses a border) are centre-cropped to them. Classification passes through."""
+    if logits.ndim == 2:
+        return logits, labels, mask
+    n, h, w, c = logits.shape
+    top, left = (labels.shape[1] - h) // 2, (labels.shape[2] - w) // 2
+    labels = labels[:, top : top + h, left : left + w]
+    if mask is not None:
+        mask = jnp.broadcast_to(mask[:, None, None], (n, h, w)).reshape(-1)
+    return logits.reshape(-1, c), labels.reshape(-1), mask
+
+
 def summed_metrics(logits, labels, mask) -> dict[str, jax.Array]:
-    """Sums over the (masked) batch, so batches and hosts add up exactly."""
+    """Sums over the (masked) batch, so batches and hosts add up exactly. For
+    segmentation every pixel counts as one example (top1 = pixel accuracy)."""
+    logits, labels, mask = per_pixel(logits, labels, mask)
     return {
         "loss": jnp.sum(cross_entropy(logits, labels) * mask),
         "top1": jnp.sum(correct_topk(logits, labels, 1) * mask),

@@ -6,6 +6,7 @@ replicated and donated. Nothing here is model- or dataset-specific.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -103,12 +104,15 @@ def train_step(
             )
             batch_stats = new_vars.get("batch_stats", {})
         logits, aux = _logits_and_aux(outputs)
-        loss = metrics.cross_entropy(logits, batch["label"], label_smoothing).mean()
+        logits, labels, _ = metrics.per_pixel(logits, batch["label"])
+        loss = metrics.cross_entropy(logits, labels, label_smoothing).mean()
         for aux_logits in aux:
-            loss += AUX_LOSS_WEIGHT * metrics.cross_entropy(aux_logits, batch["label"]).mean()
-        return loss, (logits, batch_stats)
+            loss += AUX_LOSS_WEIGHT * metrics.cross_entropy(aux_logits, labels).mean()
+        return loss, (logits, labels, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, labels, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
@@ -122,7 +126,7 @@ def train_step(
     )
     step_metrics = {
         "loss": loss,
-        "top1": metrics.correct_topk(logits, batch["label"], 1).mean(),
+        "top1": metrics.correct_topk(logits, labels, 1).mean(),
         "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
@@ -216,6 +220,34 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config builds before training: the model, optimizer and fresh state."""
+
+    model: nn.Module
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    state: TrainState
+    steps_per_epoch: int
+    total_steps: int
+
+
+def setup(config, info: data.DataInfo, mesh) -> Setup:
+    """Model, schedule, optimizer and initial state for ``config`` on dataset ``info``."""
+    steps_per_epoch = info.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"config.batch_size={config.batch_size} is larger than the {info.num_train} "
+            f"training examples of {config.dataset!r}"
+        )
+    total_steps = total_train_steps(config, steps_per_epoch)
+    model = build_model(config, info.num_classes)
+    schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
+    tx = optim.make_optimizer(config, schedule)
+    state = create_train_state(model, tx, info.image_shape, config.seed, mesh)
+    return Setup(model, schedule, tx, state, steps_per_epoch, total_steps)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, mesh=None
 ) -> dict[str, float]:
@@ -228,21 +260,11 @@ def train_and_evaluate(
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     validate_config(config, device_count=mesh.devices.size)
-    info = data.dataset_info(config)
-    steps_per_epoch = info.num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"config.batch_size={config.batch_size} is larger than the {info.num_train} "
-            f"training examples of {config.dataset!r}"
-        )
+    info = data.dataset_info(config, models.spec(config.model).task)
+    run = setup(config, info, mesh)
     _prepare_workdir(workdir)
-
-    total_steps = total_train_steps(config, steps_per_epoch)
-    eval_every = config.steps_per_eval if config.steps_per_eval > 0 else steps_per_epoch
-    model = build_model(config, info.num_classes)
-    schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
-    state = create_train_state(model, tx, info.image_shape, config.seed, mesh)
+    model, state, total_steps = run.model, run.state, run.total_steps
+    eval_every = config.steps_per_eval if config.steps_per_eval > 0 else run.steps_per_epoch
 
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     restored = ckpts.restore_latest(state)
@@ -266,8 +288,8 @@ def train_and_evaluate(
         functools.partial(
             train_step,
             model=model,
-            tx=tx,
-            schedule=schedule,
+            tx=run.tx,
+            schedule=run.schedule,
             label_smoothing=config.label_smoothing,
             skip_nonfinite=config.on_nonfinite == "skip",
             per_device_bn_mesh=mesh if config.bn_statistics == "per_device" else None,
@@ -294,7 +316,7 @@ def train_and_evaluate(
         config.model,
         config.dataset,
         total_steps,
-        steps_per_epoch,
+        run.steps_per_epoch,
         config.batch_size,
         mesh.devices.size,
     )
@@ -361,12 +383,13 @@ def train_and_evaluate(
                     eval_result = evaluate(p_eval, state, config, info, mesh)
                     writer.write(step, "eval", eval_result)
                     logging.info(
-                        "eval at step %d | loss %.4f | top1 %.2f%% | top5 %.2f%% (%d examples)",
+                        "eval at step %d | loss %.4f | top1 %.2f%% | top5 %.2f%% (%d %s)",
                         step,
                         eval_result["loss"],
                         100 * eval_result["top1"],
                         100 * eval_result["top5"],
                         eval_result["num_examples"],
+                        "pixels" if info.task == "segmentation" else "examples",
                     )
                     t_window = time.perf_counter()  # eval time is not training throughput
 

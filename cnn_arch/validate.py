@@ -31,7 +31,7 @@ POSITIVE = (
     "lr_decay_every_epochs",
 )
 NON_NEGATIVE = ("weight_decay", "warmup_epochs", "label_smoothing", "momentum", "seed")
-POSITIVE_OR_MINUS_ONE = ("num_train_steps", "steps_per_eval")
+POSITIVE_OR_MINUS_ONE = ("num_train_steps", "steps_per_eval", "num_classes")
 
 
 def _fail(key: str, value, allowed: str):

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Data: any TFDS image-classification dataset by name.
     c.dataset = "mnist"
+    c.num_classes = -1  # -1 = from the dataset's label feature; segmentation must set it
     c.data_dir = ""  # '' = $TFDS_DATA_DIR or TFDS' default (~/tensorflow_datasets)
     c.train_split = "train"
     c.eval_split = "test"

