@@ -21,6 +21,8 @@ def initialize_distributed() -> None:
     """Joins the multi-host job when one is configured (TPU pods, SLURM, or the
     JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables)."""
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # Cross-process collectives on CPU hosts (tests, CPU clusters); no effect on GPU/TPU.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
