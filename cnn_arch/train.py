@@ -267,7 +267,11 @@ def train_and_evaluate(
     eval_every = config.steps_per_eval if config.steps_per_eval > 0 else run.steps_per_epoch
 
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    restored = ckpts.restore_latest(state)
+    try:
+        restored = ckpts.restore_latest(state)
+    except UserError:
+        ckpts.close()  # a checkpoint of another model: stop Orbax's threads before exiting
+        raise
     if restored is not None:
         state = restored
         logging.info("Resumed from %s at step %d.", ckpts.directory, int(state.step))
@@ -278,7 +282,10 @@ def train_and_evaluate(
             "Training already finished (step %d of %d); nothing to do.", start_step, total_steps
         )
         ckpts.close()
-        return json.load(open(final_path)) if os.path.exists(final_path) else {}
+        if not os.path.exists(final_path):
+            return {}
+        with open(final_path) as f:
+            return json.load(f)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
