@@ -83,3 +83,74 @@ def test_lenet5_with_group_norm_initializes():
     assert variables["params"]["conv2_norm"]["scale"].shape == (16,)
     assert "batch_stats" not in variables
     assert model.apply(variables, x, train=True).shape == (2, 10)
+
+
+# --- layer and instance normalization (issue 8 item 10) --------------------------------
+
+
+def numpy_layer_norm(x, scale, bias, eps):
+    """Ba et al. 2016, Eq. (4): per example over all its hidden units (every non-batch axis)."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(1, x.ndim))
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def numpy_instance_norm(x, scale, bias, eps):
+    """Ulyanov et al. 2016: per example and channel over the spatial axes (H, W)."""
+    x = np.asarray(x, np.float64)
+    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+class _Norm(nn.Module):
+    kind: str
+
+    @nn.compact
+    def __call__(self, x):
+        return layers.make_norm(self.kind, train=True)(name="n")(x)
+
+
+def _random_affine(channels, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        "n": {
+            "scale": rng.normal(1.0, 0.3, channels).astype(np.float32),
+            "bias": rng.normal(0.0, 0.3, channels).astype(np.float32),
+        }
+    }
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (4, 7)], ids=["conv_nhwc", "dense"])
+def test_layer_norm_normalizes_each_example_over_all_units(shape):
+    # per-channel offsets and scales: per-pixel normalization would remove them, LN keeps them
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape) * rng.uniform(0.5, 3.0, shape[-1]) + rng.normal(size=shape[-1])
+    x = x.astype(np.float32)
+    model = _Norm("layer")
+    abstract = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.tree.map(np.shape, abstract) == {
+        "params": {"n": {"scale": (shape[-1],), "bias": (shape[-1],)}}
+    }  # the parameter tree of nn.LayerNorm: per-channel gain and bias
+    params = _random_affine(shape[-1], 1)
+    got = np.asarray(model.apply({"params": params}, x))
+    want = numpy_layer_norm(x, params["n"]["scale"], params["n"]["bias"], layers.BN_EPSILON)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if len(shape) == 4:  # the old per-pixel normalization differs
+        s, b = params["n"]["scale"], params["n"]["bias"]
+        x64 = x.astype(np.float64)
+        per_pixel = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+        assert np.max(np.abs(got - (per_pixel * s + b))) > 0.1
+
+
+def test_instance_norm_on_conv_maps_and_refused_on_dense():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(3, 5, 4, 6)) * 2.0 + rng.normal(size=6)).astype(np.float32)
+    model = _Norm("instance")
+    params = _random_affine(6, 3)
+    got = np.asarray(model.apply({"params": params}, x))
+    want = numpy_instance_norm(x, params["n"]["scale"], params["n"]["bias"], layers.BN_EPSILON)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a dense (N, C) input has nothing to average over: an error, not a constant output
+    with pytest.raises(ValueError, match="norm='instance' needs spatial axes"):
+        model.init(jax.random.key(0), x[:, 0, 0, :])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cnn_arch.models import create, spec
-from cnn_arch.models.alexnet import adaptive_avg_pool, local_response_norm, pool2d
 from cnn_arch.models.bn_inception import PAPER_NETWORKS
+from cnn_arch.models.layers import adaptive_avg_pool, local_response_norm, pool2d
 
 KEY = jax.random.key(0)
 CLASSIC = (

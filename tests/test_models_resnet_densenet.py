@@ -199,19 +199,6 @@ def test_small_densenet_runs_on_grey_28x28():
     forward(model, jax.random.normal(jax.random.key(3), (2, 28, 28, 1)))
 
 
-def test_se_block_scales_channels():
-    from cnn_arch.models.se import SqueezeExcite
-
-    se = SqueezeExcite(reduction=4)
-    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16))
-    v = se.init(jax.random.key(1), x)
-    assert v["params"]["fc1"]["kernel"].shape == (16, 4) and "bias" in v["params"]["fc2"]
-    y = se.apply(v, x)
-    gate = y / x  # one value in (0, 1) per (sample, channel)
-    assert bool(jnp.all((gate > 0) & (gate < 1)))
-    np.testing.assert_allclose(gate, jnp.broadcast_to(gate[:, :1, :1, :], gate.shape), rtol=1e-5)
-
-
 @pytest.mark.parametrize("option", [{"shortcut": "D"}, {"version": "v2"}, {"stem": "tiny"}])
 def test_bad_options_are_clear_errors(option):
     with pytest.raises(ValueError, match=next(iter(option))):

@@ -8,10 +8,13 @@ a family is adding a file.
 import importlib
 import pkgutil
 
-from cnn_arch.models.registry import ModelSpec, create, names, register, spec
+from cnn_arch.models.registry import ModelSpec, check_options, create, names, register, spec
+
+# Shared pieces, not families: everything else in this package registers models.
+_NOT_FAMILIES = ("registry", "layers", "blocks", "options", "cost")
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in ("registry", "layers"):
+    if _info.name not in _NOT_FAMILIES:
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["ModelSpec", "create", "names", "register", "spec"]
+__all__ = ["ModelSpec", "check_options", "create", "names", "register", "spec"]

@@ -1,5 +1,4 @@
-"""AlexNet (Krizhevsky, Sutskever & Hinton 2012) and the pooling / LRN helpers of the
-classic ImageNet nets (VGG, GoogLeNet, BN-Inception and SqueezeNet import them).
+"""AlexNet (Krizhevsky, Sutskever & Hinton 2012).
 
 ``alexnet``: torchvision's single-tower form: convs 64/192/384/256/256, max pools
 3x3/2, adaptive average pool to 6x6, dropout 0.5 before FC 4096-4096; 61,100,840
@@ -13,95 +12,22 @@ pools 3x3/2 (Sec. 3.4), FC 4096-4096 with dropout 0.5 (Sec. 4.2) and the paper's
 init (N(0, 0.01) weights; bias 1 in conv2/4/5 and the hidden FCs, Sec. 5);
 60,965,224 parameters at 1000 classes.
 
-Small inputs (the size rule shared by the classic nets):
-- a pooling window larger than its (padded) input is clipped to the input, so a
-  pool never makes a map smaller than 1x1 (``pool2d``);
-- the flatten before the FCs is preceded by an adaptive average pool to 6x6
-  (``adaptive_avg_pool``, PyTorch's rule, which also works when the map is
-  smaller than 6x6 by repeating cells). At the paper's 227 input the conv5 map is
-  already 6x6, so there it is the identity.
+Small inputs follow the rule of ``layers.py``: pools never shrink a map below 1x1
+and the flatten before the FCs is preceded by an adaptive average pool to 6x6 (at the
+paper's 227 input the conv5 map is already 6x6, so there it is the identity).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
+from cnn_arch.models.layers import adaptive_avg_pool, local_response_norm, pool2d
 from cnn_arch.models.registry import register
-
-
-def _adaptive_weights(n_in: int, n_out: int) -> np.ndarray:
-    """Row i averages input cells [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
-    w = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        w[i, lo:hi] = 1.0 / (hi - lo)
-    return w
-
-
-def adaptive_avg_pool(x, size: int | tuple[int, int]):
-    """PyTorch's ``AdaptiveAvgPool2d`` on NHWC ``x``: output cell i averages input cells
-    [floor(i*H/out), ceil((i+1)*H/out)). Defined for any H, including H < out (cells
-    repeat) and out=1 (global mean). Exact for static shapes; identity when H == out."""
-    oh, ow = (size, size) if isinstance(size, int) else size
-    h, w = x.shape[1:3]
-    if (h, w) == (oh, ow):
-        return x
-    # Weights like 1/3 must not be rounded: average in float32 at full matmul precision.
-    hp = lax.Precision.HIGHEST
-    wh, ww = (jnp.asarray(_adaptive_weights(n, o)) for n, o in ((h, oh), (w, ow)))
-    y = jnp.einsum("ih,nhwc->niwc", wh, x.astype(jnp.float32), precision=hp)
-    return jnp.einsum("jw,niwc->nijc", ww, y, precision=hp).astype(x.dtype)
-
-
-def _pool_pads(size: int, window: int, stride: int, pad: int, ceil_mode: bool):
-    span = size + 2 * pad
-    if ceil_mode:  # PyTorch/Caffe ceil mode: the last window must start inside input+left pad
-        out = -(-(span - window) // stride) + 1
-        if (out - 1) * stride >= size + pad:
-            out -= 1
-    else:
-        out = (span - window) // stride + 1
-    out = max(out, 1)  # small-input rule: a window larger than the map is clipped to it
-    return pad, max(pad, (out - 1) * stride + window - size - pad)
-
-
-def pool2d(x, kind: str, window: int, stride: int, pad: int = 0, ceil_mode: bool = False):
-    """PyTorch-shaped ``MaxPool2d`` / ``AvgPool2d`` (incl. ``ceil_mode``) on NHWC ``x``.
-
-    Windows reaching past the input (padding, ceil mode, or a window larger than the
-    map) only see real pixels: max pools pad with -inf, average pools divide by the
-    number of real pixels. Hence an input smaller than the window gives a 1x1 map
-    (its global max/mean) instead of an error.
-    """
-    pads = [_pool_pads(n, window, stride, pad, ceil_mode) for n in x.shape[1:3]]
-    if kind == "max":
-        return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
-    if kind == "avg":
-        return nn.avg_pool(
-            x, (window, window), (stride, stride), padding=pads, count_include_pad=False
-        )
-    raise ValueError(f"pool kind={kind!r} is not known; choose 'max' or 'avg'")
-
-
-def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
-    """Local response normalization across channels (Krizhevsky et al. 2012, Sec. 3.3):
-    b_i = a_i / (k + alpha * sum_{|j-i| <= size//2} a_j^2)^beta.
-
-    ``alpha`` multiplies the plain sum as in the paper; Caffe and PyTorch divide it
-    by ``size`` (pass ``alpha / size`` to reproduce them). Computed in float32.
-    """
-    xf = x.astype(jnp.float32)
-    pads = ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
-    sq = lax.reduce_window(xf * xf, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1), pads)
-    return (xf / (k + alpha * sq) ** beta).astype(x.dtype)
-
 
 # conv i: (features, kernel, stride, padding, groups); max pool after convs 1, 2, 5.
 _VARIANTS = {
@@ -144,10 +70,11 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {"variant": tuple(_VARIANTS)}
+
     @nn.compact
     def __call__(self, x, *, train: bool):
-        if self.variant not in _VARIANTS:
-            raise ValueError(f"variant={self.variant!r} is not known; choose {sorted(_VARIANTS)}")
+        options.check_fields(self)
         cfg = _VARIANTS[self.variant]
         paper = self.variant == "paper"
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)

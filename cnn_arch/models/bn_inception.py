@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_arch.models import layers
-from cnn_arch.models.alexnet import pool2d
-from cnn_arch.models.googlenet import ConvUnit, Inception, caffe_lrn
+from cnn_arch.models.blocks import ConvNormAct, Inception
+from cnn_arch.models.layers import caffe_lrn, pool2d
 from cnn_arch.models.registry import register
 
 # Figure 5: name, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, pool proj,
@@ -72,12 +72,13 @@ class BNInception(nn.Module):
     lrn: bool = False  # GoogLeNet's stem LRNs; the 'Inception' baseline keeps them
     separable_stem: bool = True  # Appendix: separable first conv, depth multiplier 8
     dropout_rate: float = 0.0  # removed in the BN-x networks (Sec. 4.2.1)
+    se_ratio: int = 0  # > 0: an SE gate on each module's output (SE-Inception, Hu et al. 2018)
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         unit = functools.partial(
-            ConvUnit, norm=self.norm, activation=self.activation, dtype=self.dtype
+            ConvNormAct, norm=self.norm, activation=self.activation, dtype=self.dtype
         )
         lrn = caffe_lrn if self.lrn else lambda y: y
         x = x.astype(self.dtype)
@@ -96,7 +97,9 @@ class BNInception(nn.Module):
         for name, c1, c3r, c3, d3r, d3, pool, pp, s in MODULES:
             branches = ((c3r, 1, 1), (c3, 3, s)), ((d3r, 1, 1), (d3, 3, 1), (d3, 3, s))
             branches = (((c1, 1, 1),), *branches) if c1 else branches
-            x = Inception(branches, pool, s, pp, unit, name=f"inception{name}")(x, train=train)
+            x = Inception(
+                branches, pool, s, pp, unit, self.se_ratio, self.dtype, name=f"inception{name}"
+            )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))  # the table's 7x7 average pool, global for any size
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

@@ -24,12 +24,13 @@ such as 28x28 keep a non-empty map down to the last block.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
+from cnn_arch.models.blocks import squeeze_excite
 from cnn_arch.models.registry import register
 
 ModuleDef = Any
@@ -47,6 +48,8 @@ class DenseLayer(nn.Module):
     norm: ModuleDef
     act: Callable
     drop_rate: float = 0.0
+    se_ratio: int = 0  # > 0: SE gate on the layer's k new maps before they join (Hu et al.)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -58,6 +61,7 @@ class DenseLayer(nn.Module):
         y = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(y)
         if self.drop_rate:
             y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
+        y = squeeze_excite(y, self.se_ratio, self.dtype)
         return jnp.concatenate([x, y], axis=-1)
 
 
@@ -71,17 +75,17 @@ class DenseNet(nn.Module):
     compression: float = 0.5  # 1.0: no compression
     stem: str = "imagenet"  # 7x7/2 conv-norm-act-3x3/2 max-pool; 'cifar': one 3x3 conv
     drop_rate: float = 0.0
+    se_ratio: int = 0  # > 0: an SE gate on each dense layer's new maps (Hu et al. 2018)
     num_classes: int = 1000
     norm: str = "batch"
     activation: str = "relu"
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {"stem": ("imagenet", "cifar")}
+
     @nn.compact
     def __call__(self, x, *, train: bool):
-        if self.stem not in ("imagenet", "cifar"):
-            raise ValueError(
-                f"stem={self.stem!r} is not known; choose one of ['imagenet', 'cifar']"
-            )
+        options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         conv = layers.make_conv(
@@ -107,6 +111,8 @@ class DenseNet(nn.Module):
                     norm=norm,
                     act=act,
                     drop_rate=self.drop_rate,
+                    se_ratio=self.se_ratio,
+                    dtype=self.dtype,
                     name=f"denseblock{b}_layer{i}",
                 )(x, train=train)
             if b < len(self.block_sizes):

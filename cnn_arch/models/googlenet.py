@@ -22,7 +22,7 @@ Auxiliary classifiers (``aux_logits=True``, Sec. 5, on 4a and 4d): training retu
 modes so ``init(train=False)`` gives the full tree; jit drops their unused eval compute.
 
 Small inputs: pools use Caffe/PyTorch ceil mode and never shrink a map below 1x1
-(``alexnet.pool2d``); the head is a global mean; the aux heads end in an adaptive
+(``layers.pool2d``); the head is a global mean; the aux heads end in an adaptive
 4x4 average pool (identity after the paper's 5x5/3 pool at 224 input), so 28x28
 and 32x32 inputs work with the same parameters.
 """
@@ -30,14 +30,14 @@ and 32x32 inputs work with the same parameters.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_arch.models import layers
-from cnn_arch.models.alexnet import adaptive_avg_pool, local_response_norm, pool2d
+from cnn_arch.models.blocks import ConvNormAct, Inception
+from cnn_arch.models.layers import adaptive_avg_pool, caffe_lrn, pool2d
 from cnn_arch.models.registry import register
 
 ModuleDef = Any
@@ -55,64 +55,6 @@ STAGES = (
     (("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128)),
 )
 AUX_AFTER = ("4a", "4d")  # Sec. 5
-
-
-def caffe_lrn(x):
-    """The LRN of the Caffe GoogLeNet reference (local_size 5, alpha 1e-4 over the window)."""
-    return local_response_norm(x, size=5, alpha=1e-4 / 5, beta=0.75, k=1.0)
-
-
-class ConvUnit(nn.Module):
-    """conv -> norm -> activation; the conv has a bias only without a norm."""
-
-    features: int
-    kernel: int = 1
-    stride: int = 1
-    padding: Any = 0  # int (symmetric, PyTorch style) or "SAME"
-    norm: str = "none"
-    norm_epsilon: float = layers.BN_EPSILON
-    activation: str = "relu"
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        norm = layers.make_norm(self.norm, train=train, dtype=self.dtype, epsilon=self.norm_epsilon)
-        x = layers.make_conv(self.dtype, use_bias=not layers.is_normalized(self.norm))(
-            self.features, (self.kernel, self.kernel), self.stride, self.padding, name="conv"
-        )(x)
-        return layers.make_act(self.activation)(norm(name="norm")(x))
-
-
-class Inception(nn.Module):
-    """Parallel branches concatenated on channels (GoogLeNet Sec. 4, BN paper Fig. 5).
-
-    ``branches``: per conv branch, its (features, kernel, stride) layers in order;
-    then a 3x3 ``pool`` branch with ``pool_stride``, projected by a 1x1 conv to
-    ``pool_proj`` channels, or passing its input channels through when 0.
-    'SAME' padding everywhere so all branches agree in size (ceil(H/stride)).
-    """
-
-    branches: Sequence[Sequence[tuple[int, int, int]]]
-    pool: str = "max"
-    pool_stride: int = 1
-    pool_proj: int = 0
-    unit: ModuleDef = ConvUnit
-
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        outs = []
-        for b, convs in enumerate(self.branches):
-            y = x
-            for j, (features, kernel, stride) in enumerate(convs):
-                y = self.unit(features, kernel, stride, "SAME", name=f"branch{b + 1}_{j + 1}")(
-                    y, train=train
-                )
-            outs.append(y)
-        s = self.pool_stride  # avg pools count the zero padding, as Caffe and PyTorch do
-        y = getattr(nn, f"{self.pool}_pool")(x, (3, 3), (s, s), "SAME")
-        if self.pool_proj:
-            y = self.unit(self.pool_proj, name="pool_proj")(y, train=train)
-        return jnp.concatenate([*outs, y], axis=-1)
 
 
 def v1_branches(c1, c3r, c3, c5r, c5, *, k5: int = 5, reduction: bool = True):
@@ -155,13 +97,14 @@ class GoogLeNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.2
     aux_dropout_rate: float = 0.7
+    se_ratio: int = 0  # > 0: SE-Inception, an SE gate on each module's output (Hu et al. 2018)
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         tv = self.torchvision
         unit = functools.partial(
-            ConvUnit,
+            ConvNormAct,
             norm=self.norm,
             norm_epsilon=1e-3 if tv else layers.BN_EPSILON,
             activation=self.activation,
@@ -181,7 +124,9 @@ class GoogLeNet(nn.Module):
                     c1, c3r, c3, c5r, c5, k5=3 if tv else 5, reduction=self.reduction
                 )
                 pp = pp if self.reduction else 0
-                x = Inception(branches, "max", 1, pp, unit, name=f"inception{name}")(x, train=train)
+                x = Inception(
+                    branches, "max", 1, pp, unit, self.se_ratio, self.dtype, name=f"inception{name}"
+                )(x, train=train)
                 if self.aux_logits and name in AUX_AFTER:
                     head = AuxHead(
                         self.num_classes,

@@ -1,8 +1,18 @@
-"""Shared building blocks: the norm / activation / conv factories every model uses.
+"""Shared layers: the norm / activation / conv factories every model uses, and the
+parameter-free operations several families share (PyTorch-shaped pooling, local
+response normalization, padding to a minimum size).
 
 Models never instantiate ``nn.BatchNorm`` or pick an activation directly; they ask
 these factories, so every architecture gets every option (``norm='batch'|'layer'|
-'group'|'instance'|'none'``, any activation) without copies.
+'group'|'instance'|'none'``, any activation) without copies. Blocks with parameters
+built from these (conv-norm-act, squeeze-excite, the Inception module) are in
+``blocks.py``.
+
+Small inputs (the size rule shared by the classic ImageNet nets): a pooling window
+larger than its (padded) input is clipped to the input, so a pool never makes a map
+smaller than 1x1 (``pool2d``); the flatten before the FCs of AlexNet and VGG is
+preceded by an adaptive average pool (``adaptive_avg_pool``, PyTorch's rule, which
+also works when the map is smaller than the target by repeating cells).
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from cnn_arch.norm.kinds import NORM_KINDS as _BN_LAB_KINDS  # norm/ never imports models/
 
@@ -76,13 +88,66 @@ class GroupNorm(nn.Module):
         return inner(x)
 
 
-def _group_norm(**kwargs) -> nn.Module:
-    return GroupNorm(**kwargs)
+class LayerNorm(nn.Module):
+    """Layer normalization (Ba et al. 2016, Sec. 3): mean and variance per example over all
+    of its hidden units -- (H, W, C) of a conv map, the features of a dense layer -- then a
+    gain and a bias per channel (as LN = GN with one group, Wu & He 2018, Sec. 3.1).
+
+    ``nn.LayerNorm``'s default reduces over the last axis only, which on a conv map
+    normalizes each pixel's channel vector on its own: not layer normalization. The
+    inner layer shares this module's scope: parameters ``<name>/scale``, ``<name>/bias``.
+    """
+
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        inner = nn.LayerNorm(
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            use_scale=self.use_scale,
+            reduction_axes=tuple(range(1, x.ndim)),  # every axis but the batch
+            feature_axes=-1,
+        )
+        nn.share_scope(self, inner)
+        return inner(x)
 
 
-def _instance_norm(**kwargs) -> nn.Module:
-    # InstanceNorm is GroupNorm with one channel per group (Ulyanov et al. 2016).
-    return nn.GroupNorm(num_groups=None, group_size=1, **kwargs)
+class InstanceNorm(nn.Module):
+    """Instance normalization (Ulyanov et al. 2016): per example and channel over (H, W),
+    i.e. GroupNorm with one channel per group. A dense (N, C) input has no spatial axes
+    to average over (every output would be the bias), so it is an error."""
+
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim < 3:
+            raise ValueError(
+                f"norm='instance' needs spatial axes to normalize over; got shape {x.shape} "
+                "(a dense layer): use 'layer', 'group' or 'batch' there"
+            )
+        inner = nn.GroupNorm(
+            num_groups=None,
+            group_size=1,
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            use_scale=self.use_scale,
+        )
+        nn.share_scope(self, inner)
+        return inner(x)
 
 
 def _batch_norm(*, train: bool, momentum: float, epsilon: float, dtype: Dtype, axis_name, **kw):
@@ -99,17 +164,17 @@ def _batch_norm(*, train: bool, momentum: float, epsilon: float, dtype: Dtype, a
 
 def _layer_norm(*, train: bool, momentum: float, epsilon: float, dtype: Dtype, axis_name, **kw):
     del train, momentum, axis_name
-    return functools.partial(nn.LayerNorm, epsilon=epsilon, dtype=dtype, **kw)
+    return functools.partial(LayerNorm, epsilon=epsilon, dtype=dtype, **kw)
 
 
 def _group(*, train: bool, momentum: float, epsilon: float, dtype: Dtype, axis_name, **kw):
     del train, momentum, axis_name
-    return functools.partial(_group_norm, epsilon=epsilon, dtype=dtype, **kw)
+    return functools.partial(GroupNorm, epsilon=epsilon, dtype=dtype, **kw)
 
 
 def _instance(*, train: bool, momentum: float, epsilon: float, dtype: Dtype, axis_name, **kw):
     del train, momentum, axis_name
-    return functools.partial(_instance_norm, epsilon=epsilon, dtype=dtype, **kw)
+    return functools.partial(InstanceNorm, epsilon=epsilon, dtype=dtype, **kw)
 
 
 def _none(**_):
@@ -200,3 +265,89 @@ def norm_act(x, norm: ModuleDef, act: Callable, position: str, name: str):
     if position == "input":
         return act(x)
     raise ValueError(f"norm_position={position!r} is not known; choose one of {NORM_POSITIONS}")
+
+
+# --- parameter-free operations shared by several families ------------------------------
+
+
+def _adaptive_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Row i averages input cells [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
+    w = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        w[i, lo:hi] = 1.0 / (hi - lo)
+    return w
+
+
+def adaptive_avg_pool(x, size: int | tuple[int, int]):
+    """PyTorch's ``AdaptiveAvgPool2d`` on NHWC ``x``: output cell i averages input cells
+    [floor(i*H/out), ceil((i+1)*H/out)). Defined for any H, including H < out (cells
+    repeat) and out=1 (global mean). Exact for static shapes; identity when H == out."""
+    oh, ow = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[1:3]
+    if (h, w) == (oh, ow):
+        return x
+    # Weights like 1/3 must not be rounded: average in float32 at full matmul precision.
+    hp = lax.Precision.HIGHEST
+    wh, ww = (jnp.asarray(_adaptive_weights(n, o)) for n, o in ((h, oh), (w, ow)))
+    y = jnp.einsum("ih,nhwc->niwc", wh, x.astype(jnp.float32), precision=hp)
+    return jnp.einsum("jw,niwc->nijc", ww, y, precision=hp).astype(x.dtype)
+
+
+def _pool_pads(size: int, window: int, stride: int, pad: int, ceil_mode: bool):
+    span = size + 2 * pad
+    if ceil_mode:  # PyTorch/Caffe ceil mode: the last window must start inside input+left pad
+        out = -(-(span - window) // stride) + 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+    else:
+        out = (span - window) // stride + 1
+    out = max(out, 1)  # small-input rule: a window larger than the map is clipped to it
+    return pad, max(pad, (out - 1) * stride + window - size - pad)
+
+
+def pool2d(x, kind: str, window: int, stride: int, pad: int = 0, ceil_mode: bool = False):
+    """PyTorch-shaped ``MaxPool2d`` / ``AvgPool2d`` (incl. ``ceil_mode``) on NHWC ``x``.
+
+    Windows reaching past the input (padding, ceil mode, or a window larger than the
+    map) only see real pixels: max pools pad with -inf, average pools divide by the
+    number of real pixels. Hence an input smaller than the window gives a 1x1 map
+    (its global max/mean) instead of an error.
+    """
+    pads = [_pool_pads(n, window, stride, pad, ceil_mode) for n in x.shape[1:3]]
+    if kind == "max":
+        return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+    if kind == "avg":
+        return nn.avg_pool(
+            x, (window, window), (stride, stride), padding=pads, count_include_pad=False
+        )
+    raise ValueError(f"pool kind={kind!r} is not known; choose 'max' or 'avg'")
+
+
+def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    """Local response normalization across channels (Krizhevsky et al. 2012, Sec. 3.3):
+    b_i = a_i / (k + alpha * sum_{|j-i| <= size//2} a_j^2)^beta.
+
+    ``alpha`` multiplies the plain sum as in the paper; Caffe and PyTorch divide it
+    by ``size`` (pass ``alpha / size`` to reproduce them). Computed in float32.
+    """
+    xf = x.astype(jnp.float32)
+    pads = ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
+    sq = lax.reduce_window(xf * xf, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1), pads)
+    return (xf / (k + alpha * sq) ** beta).astype(x.dtype)
+
+
+def caffe_lrn(x):
+    """The LRN of the Caffe GoogLeNet reference (local_size 5, alpha 1e-4 over the window),
+    used by GoogLeNet's and BN-Inception's stems; the papers give no values."""
+    return local_response_norm(x, size=5, alpha=1e-4 / 5, beta=0.75, k=1.0)
+
+
+def pad_to(x, size: int):
+    """Edge-pads NHWC ``x`` to at least ``size`` x ``size``, keeping it centred (LeNet's
+    28x28 digits in a 32x32 field, LeCun et al. 1998 Sec. II.B)."""
+    ph, pw = max(0, size - x.shape[1]), max(0, size - x.shape[2])
+    if ph == 0 and pw == 0:
+        return x
+    pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+    return jnp.pad(x, pads, mode="edge")

@@ -9,22 +9,13 @@ Convs and FCs keep their biases unless a norm layer follows them directly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
 from cnn_arch.models.registry import register
-
-
-def pad_to(x, size: int):
-    """Edge-pads NHWC ``x`` to at least ``size`` x ``size``, keeping it centred."""
-    ph, pw = max(0, size - x.shape[1]), max(0, size - x.shape[2])
-    if ph == 0 and pw == 0:
-        return x
-    pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
-    return jnp.pad(x, pads, mode="edge")
 
 
 class LeNet5(nn.Module):
@@ -35,8 +26,14 @@ class LeNet5(nn.Module):
     dropout_rate: float = 0.0  # on the FC layers; 0 as in the paper
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {
+        "norm": options.dense_layer_norms,  # the FC layers are normalized too
+        "norm_position": layers.NORM_POSITIONS,
+    }
+
     @nn.compact
     def __call__(self, x, *, train: bool):
+        options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         # Layers directly followed by a norm do not need a bias (BN paper, Sec. 3.2).
@@ -48,7 +45,7 @@ class LeNet5(nn.Module):
             x = layer(x)
             return layers.norm_act(x, norm, act, self.norm_position, f"{name}_norm")
 
-        x = pad_to(x.astype(self.dtype), 32)
+        x = layers.pad_to(x.astype(self.dtype), 32)
         conv = layers.make_conv(self.dtype, padding="VALID", use_bias=use_bias)
         x = block(x, conv(6, (5, 5), name="conv1"), "conv1")
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))

@@ -1,6 +1,6 @@
 """The original LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998, Sec. II.B, Fig. 2).
 
-32x32 input (28x28 digits are edge-padded to 32, as ``lenet.pad_to``) -> C1 6@5x5
+32x32 input (28x28 digits are edge-padded to 32, as ``layers.pad_to``) -> C1 6@5x5
 -> S2 trainable 2x2 subsampling -> C3 16@5x5 partially connected (Table I) -> S4
 -> C5 120@5x5 -> F6 84 -> Euclidean RBF output units. Every layer up to F6 is
 followed by the squashing function f(a) = 1.7159 tanh(2a/3) (Appendix A). Trainable
@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_arch.models import layers
-from cnn_arch.models.lenet import pad_to
 from cnn_arch.models.registry import register
 
 # Table I: the S2 feature maps combined by each of C3's 16 maps. Maps 0-5 take 3
@@ -131,7 +130,7 @@ class LeNet5_1998(nn.Module):
         del train  # no dropout or normalization in the 1998 network
         f = layers.scaled_tanh
         conv = layers.make_conv(self.dtype, padding="VALID")
-        x = pad_to(x.astype(self.dtype), 32)
+        x = layers.pad_to(x.astype(self.dtype), 32)
         x = f(conv(6, (5, 5), kernel_init=fan_in_uniform(25), name="C1")(x))  # 28x28x6
         x = f(Subsampling(self.dtype, name="S2")(x))  # 14x14x6
         x = f(PartialConv(self.dtype, name="C3")(x))  # 10x10x16

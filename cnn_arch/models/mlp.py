@@ -9,12 +9,12 @@ directly followed by a norm have no bias (the norm's beta replaces it, Sec. 3.2)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
 from cnn_arch.models.registry import register
 
 
@@ -28,8 +28,14 @@ class MLP(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {
+        "norm": options.dense_layer_norms,  # the FC layers are normalized too
+        "norm_position": layers.NORM_POSITIONS,
+    }
+
     @nn.compact
     def __call__(self, x, *, train: bool):
+        options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         use_bias = not (layers.is_normalized(self.norm) and self.norm_position == "before")

@@ -11,12 +11,14 @@ max(8, int(alpha * c)) as in TF-slim; the resolution multiplier is the input siz
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_arch.models import layers
+from cnn_arch.models.blocks import conv_norm_act
 from cnn_arch.models.registry import register
 
 # (pointwise output channels, depthwise stride) of the 13 separable blocks, Table 1.
@@ -47,19 +49,12 @@ class MobileNetV1(nn.Module):
         def width(c):
             return max(8, int(c * self.width_multiplier))
 
-        def conv_norm_act(x, feats, kernel, stride, groups, name):
-            pad = kernel // 2
-            x = conv(
-                feats, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                feature_group_count=groups, name=name,
-            )(x)  # fmt: skip
-            return act(norm(name=f"{name}_norm")(x))
-
-        x = conv_norm_act(x.astype(self.dtype), width(32), 3, 2, 1, "conv1")
+        cna = functools.partial(conv_norm_act, conv=conv, norm=norm, act=act)
+        x = cna(x.astype(self.dtype), features=width(32), kernel=3, stride=2, name="conv1")
         for i, (feats, stride) in enumerate(CONFIG):
-            c = x.shape[-1]
-            x = conv_norm_act(x, c, 3, stride, c, f"block{i + 1}_dw")
-            x = conv_norm_act(x, width(feats), 1, 1, 1, f"block{i + 1}_pw")
+            c = x.shape[-1]  # depthwise 3x3, then pointwise 1x1 (Fig. 3)
+            x = cna(x, features=c, kernel=3, stride=stride, groups=c, name=f"block{i + 1}_dw")
+            x = cna(x, features=width(feats), name=f"block{i + 1}_pw")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(

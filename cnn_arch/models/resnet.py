@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
+from cnn_arch.models.blocks import squeeze_excite
 from cnn_arch.models.registry import register
 
 ModuleDef = Any
@@ -45,11 +46,6 @@ ModuleDef = Any
 SHORTCUTS = ("A", "B", "C", "none")
 STEMS = ("imagenet", "cifar")
 VERSIONS = ("v1", "v1.5")
-
-
-def _check(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not known; choose one of {list(allowed)}")
 
 
 class ResidualUnit(nn.Module):
@@ -96,10 +92,7 @@ class ResidualUnit(nn.Module):
                 y = self.norm(name=f"bn{i}", **({"scale_init": zeros} if zero_bn else {}))(y)
                 if not last:
                     y = self.act(y)
-        if self.se_ratio:
-            from cnn_arch.models.se import SqueezeExcite  # se.py imports this module
-
-            y = SqueezeExcite(self.se_ratio, dtype=self.dtype, name="se")(y)
+        y = squeeze_excite(y, self.se_ratio, self.dtype)  # on the branch (Hu et al. Fig. 3)
         if self.shortcut != "none":
             if project:
                 x = self.conv(features, (1, 1), (stride, stride), name="downsample_conv")(x)
@@ -136,6 +129,12 @@ class ResNet(nn.Module):
     activation: str = "relu"
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {
+        "stem": STEMS,
+        "shortcut": SHORTCUTS,
+        "version": VERSIONS,
+    }
+
     def _branch(self, planes: int, stride: int) -> tuple[tuple[int, int, int, int], ...]:
         if not self.bottleneck:
             return ((planes, 3, stride, 1), (planes, 3, 1, 1))
@@ -145,9 +144,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        _check("stem", self.stem, STEMS)
-        _check("shortcut", self.shortcut, SHORTCUTS)
-        _check("version", self.version, VERSIONS)
+        options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         normalized = layers.is_normalized(self.norm)

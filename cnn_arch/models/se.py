@@ -1,9 +1,10 @@
-"""Squeeze-and-Excitation (Hu et al. 2018) and the SE-ResNets.
+"""The SE-ResNets of Squeeze-and-Excitation Networks (Hu et al. 2018).
 
-The SE block (Sec. 3, Fig. 3) rescales the channels of a residual branch before the
-addition: global average pool ("squeeze", Sec. 3.1) -> FC C/r -> ReLU -> FC C ->
-sigmoid ("excitation", Sec. 3.2) -> channel-wise scale, with reduction r = 16
-(Sec. 6.1, Table 10). Any ResNet in ``resnet.py`` gets it with ``se_ratio=r``.
+The SE block (``blocks.SqueezeExcite``, Sec. 3, Fig. 3) rescales the channels of a
+residual branch before the addition, with reduction r = 16 (Sec. 6.1, Table 10). Any
+ResNet gets it with ``se_ratio=r``; so do GoogLeNet, BN-Inception, DenseNet, SqueezeNet
+and ShuffleNet v2 (on their concat blocks, see ``blocks.SqueezeExcite``). This file only
+registers the paper's SE-ResNets; it imports ``resnet.py``, never the other way.
 
 The registered SE-ResNets match the Cadene ``pretrainedmodels`` implementation
 (a port of the authors' Caffe models) exactly: its SE FCs are 1x1 convs *with*
@@ -17,29 +18,8 @@ se_resnext50_32x4d 27,559,896. The only difference is the stem max-pool: Cadene 
 
 from __future__ import annotations
 
-from typing import Any
-
-import flax.linen as nn
-import jax.numpy as jnp
-
 from cnn_arch.models.registry import register
 from cnn_arch.models.resnet import IMAGENET_DEPTHS, ResNet
-
-
-class SqueezeExcite(nn.Module):
-    """Channel attention: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``."""
-
-    reduction: int = 16
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        channels = x.shape[-1]
-        s = jnp.mean(x, axis=(1, 2))  # squeeze: global average pooling (Sec. 3.1)
-        s = nn.Dense(max(1, channels // self.reduction), dtype=self.dtype, name="fc1")(s)
-        s = nn.Dense(channels, dtype=self.dtype, name="fc2")(nn.relu(s))
-        return x * nn.sigmoid(s)[:, None, None, :].astype(x.dtype)
-
 
 for _depth in (50, 101, 152):
     register(f"se_resnet{_depth}", ResNet, **IMAGENET_DEPTHS[_depth], se_ratio=16, version="v1")

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_arch.models import layers
+from cnn_arch.models.blocks import conv_norm_act, squeeze_excite
 from cnn_arch.models.registry import register
 
 # Output channels of conv1, stages 2-4 and conv5 per width (Table 5).
@@ -42,6 +43,7 @@ class ShuffleNetV2(nn.Module):
     stages_out_channels: Sequence[int] = STAGES_OUT_CHANNELS["x1_0"]
     stages_repeats: Sequence[int] = (4, 8, 4)
     norm: str = "batch"
+    se_ratio: int = 0  # > 0: an SE gate on each unit's right (computed) branch, Hu et al. 2018
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -54,13 +56,11 @@ class ShuffleNetV2(nn.Module):
         )
 
         def cbr(x, feats, name, kernel=1, stride=1, depthwise=False, relu=True):
-            pad = kernel // 2
-            x = conv(
-                feats, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                feature_group_count=feats if depthwise else 1, name=name,
-            )(x)  # fmt: skip
-            x = norm(name=f"{name}_norm")(x)
-            return nn.relu(x) if relu else x
+            groups = feats if depthwise else 1
+            act = nn.relu if relu else None
+            return conv_norm_act(
+                x, conv, norm, act, feats, kernel, stride, groups=groups, name=name
+            )
 
         def unit(x, out, stride, name):
             branch = out // 2
@@ -73,6 +73,7 @@ class ShuffleNetV2(nn.Module):
             right = cbr(right, branch, f"{name}_b2_pw1")
             right = cbr(right, branch, f"{name}_b2_dw", 3, stride, True, False)
             right = cbr(right, branch, f"{name}_b2_pw2")
+            right = squeeze_excite(right, self.se_ratio, self.dtype, f"{name}_se")
             return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
         x = cbr(x.astype(self.dtype), self.stages_out_channels[0], "conv1", 3, 2)

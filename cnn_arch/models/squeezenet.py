@@ -8,21 +8,21 @@ classifier = dropout 0.5 (Sec. 3.3, after fire9) -> 1x1 conv to the classes -> R
 -> global average pool (no FC layer). ``norm`` (default 'none', as the paper) adds a
 norm between each fire conv and its ReLU and drops that conv's bias.
 
-Small inputs: pools never shrink a map below 1x1 (``alexnet.pool2d``) and the head
+Small inputs: pools never shrink a map below 1x1 (``layers.pool2d``) and the head
 is a global mean, so 28x28 and 32x32 inputs work unchanged.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
-from cnn_arch.models.alexnet import pool2d
-from cnn_arch.models.googlenet import ConvUnit
+from cnn_arch.models import layers, options
+from cnn_arch.models.blocks import ConvNormAct, squeeze_excite
+from cnn_arch.models.layers import pool2d
 from cnn_arch.models.registry import register
 
 # version: (first conv features, kernel), then fires (squeeze, expand1x1, expand3x3) and
@@ -47,15 +47,17 @@ class SqueezeNet(nn.Module):
     norm: str = "none"
     activation: str = "relu"
     dropout_rate: float = 0.5
+    se_ratio: int = 0  # > 0: an SE gate on each Fire module's output (Hu et al. 2018)
     dtype: Any = jnp.float32
+
+    CHOICES: ClassVar[dict[str, options.Choices]] = {"version": tuple(CFGS)}
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        if self.version not in CFGS:
-            raise ValueError(f"version={self.version!r} is not known; choose {sorted(CFGS)}")
+        options.check_fields(self)
         (f0, k0), fires = CFGS[self.version]
         unit = functools.partial(
-            ConvUnit, norm=self.norm, activation=self.activation, dtype=self.dtype
+            ConvNormAct, norm=self.norm, activation=self.activation, dtype=self.dtype
         )
         x = unit(f0, k0, 2, name="conv1")(x.astype(self.dtype), train=train)
         x = pool2d(x, "max", 3, 2, ceil_mode=True)
@@ -68,7 +70,8 @@ class SqueezeNet(nn.Module):
             x = unit(s, name=f"fire{i}_squeeze")(x, train=train)
             y1 = unit(e1, name=f"fire{i}_expand1x1")(x, train=train)
             y3 = unit(e3, 3, 1, 1, name=f"fire{i}_expand3x3")(x, train=train)
-            x, i = jnp.concatenate([y1, y3], axis=-1), i + 1
+            x = jnp.concatenate([y1, y3], axis=-1)
+            x, i = squeeze_excite(x, self.se_ratio, self.dtype, f"fire{i}_se"), i + 1
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # torchvision initialises the final conv with N(0, 0.01).
         x = layers.make_conv(self.dtype, kernel_init=nn.initializers.normal(0.01))(

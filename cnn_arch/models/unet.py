@@ -16,13 +16,13 @@ drop their bias (BN paper, Sec. 3.2). Weights ~ N(0, 2/fan_in) (Sec. 3).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
 from cnn_arch.models.registry import register
 
 # "Gaussian distribution with a standard deviation of sqrt(2/N)" (Sec. 3), untruncated.
@@ -70,8 +70,11 @@ class UNet(nn.Module):
     dropout_rate: float = 0.0  # dropout at the end of the contracting path (Sec. 3.1)
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {"padding": ("VALID", "SAME")}
+
     @nn.compact
     def __call__(self, x, *, train: bool):
+        options.check_fields(self)
         unet_output_size(x.shape[1], self.depth, self.padding)
         unet_output_size(x.shape[2], self.depth, self.padding)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)

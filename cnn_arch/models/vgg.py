@@ -10,7 +10,7 @@ beta, Ioffe & Szegedy 2015 Sec. 3.2; set ``conv_bias=False`` to drop them).
 ``norm`` takes any ``layers.NORMS`` kind and ``norm_position`` any of
 ``layers.NORM_POSITIONS`` ('before' = torchvision's conv-BN-ReLU).
 
-Small inputs: a pool on a 1x1 map keeps it 1x1 (``alexnet.pool2d``), and the
+Small inputs: a pool on a 1x1 map keeps it 1x1 (``layers.pool2d``), and the
 adaptive pool to 7x7 (PyTorch's rule) repeats cells of maps smaller than 7x7, so
 28x28 and 32x32 inputs reach the same 25088-wide FC as 224x224 ones.
 """
@@ -18,13 +18,13 @@ adaptive pool to 7x7 (PyTorch's rule) repeats cells of maps smaller than 7x7, so
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
-from cnn_arch.models.alexnet import adaptive_avg_pool, pool2d
+from cnn_arch.models import layers, options
+from cnn_arch.models.layers import adaptive_avg_pool, pool2d
 from cnn_arch.models.registry import register
 
 # Table 1 of the paper; ints are 3x3 conv widths, "M" a 2x2/2 max pool (torchvision's cfgs).
@@ -47,8 +47,14 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
 
+    CHOICES: ClassVar[dict[str, options.Choices]] = {
+        "cfg": tuple(CFGS),
+        "norm_position": layers.NORM_POSITIONS,
+    }
+
     @nn.compact
     def __call__(self, x, *, train: bool):
+        options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         # torchvision's init: kaiming_normal(fan_out) convs, N(0, 0.01) linears, zero biases.
