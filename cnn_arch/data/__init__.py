@@ -1,5 +1,7 @@
-"""Input pipelines (TFDS + tf.data on the host), augmentation, the offline dataset."""
+"""Input pipelines (TFDS + tf.data on the host), the pp spec and its ops, the offline set."""
 
+from cnn_arch.data.benchmark import benchmark_input
+from cnn_arch.data.faults import DataError
 from cnn_arch.data.pipeline import (
     DataInfo,
     data_dir_for,
@@ -10,7 +12,9 @@ from cnn_arch.data.pipeline import (
 )
 
 __all__ = [
+    "DataError",
     "DataInfo",
+    "benchmark_input",
     "data_dir_for",
     "dataset_info",
     "eval_batches",

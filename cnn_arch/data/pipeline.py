@@ -2,16 +2,20 @@
 
 Classification datasets give ``{'image', 'label'}`` batches; segmentation datasets
 (a ``segmentation_mask`` feature) give the per-pixel class map as ``label`` (N, H, W).
+What happens to the images is the pp spec (``config.train_pp`` / ``config.eval_pp``,
+see ``pp.py``; '' = the dataset's default recipe in ``preprocess.py``).
 
 Training order is a pure function of (seed, epoch, process): each epoch shuffles with
-its own seed and every random augmentation is seeded by the example's position, so
-``train_batches(start_step=s)`` yields exactly what an uninterrupted run yields from
-step s on. Evaluation covers the whole split: the last batch is padded and a
-``mask`` marks real examples.
+its own seed, every random op is seeded by the example's position in the epoch and
+mixup/cutmix by the batch's, so ``train_batches(start_step=s)`` yields exactly what an
+uninterrupted run yields from step s on. Evaluation covers the whole split: the last
+batch is padded and a ``mask`` marks real examples; small eval splits are kept in
+memory after the first pass.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -21,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cnn_arch.data import offline, preprocess
+from cnn_arch.data import faults, offline, pp, preprocess
 from cnn_arch.errors import UserError
 
 # tf.data runs on the host only; keep TensorFlow off the accelerators JAX uses.
@@ -29,6 +33,10 @@ tf.config.set_visible_devices([], "GPU")
 
 
 TASK_TARGETS = {"classification": "label", "segmentation": "segmentation_mask"}
+# Eval splits whose preprocessed images take at most this much host memory are kept
+# decoded after the first pass (MNIST's test set: 31 MB, CIFAR-10's: 123 MB).
+EVAL_CACHE_MAX_BYTES = 256 << 20
+EVAL_CACHE_ENTRIES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +47,13 @@ class DataInfo:
     image_shape: tuple[int, int, int]  # after preprocessing (what the model sees)
     num_train: int
     num_eval: int
-    recipe: preprocess.Recipe
-    label_shape: tuple[int, ...] = ()  # per example: () or (H, W) for segmentation
+    label_shape: tuple[int, ...] = ()  # per eval example: () or (H, W) for segmentation
+    train_pp: str = ""  # the preprocessing specs in use (the defaults filled in)
+    eval_pp: str = ""
+    # Training batches carry float32 (B, num_classes) label distributions (mixup/cutmix)
+    # instead of int labels; eval batches always carry int labels.
+    soft_labels: bool = False
+    jpeg: bool = False  # the image feature is JPEG bytes (crops can decode only the crop)
 
 
 def data_dir_for(config) -> str:
@@ -52,8 +65,14 @@ def data_dir_for(config) -> str:
     )
 
 
+_BUILDERS: dict[tuple[str, str], tfds.core.DatasetBuilder] = {}
+
+
 def _builder(config) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of config.dataset (built once per process)."""
     name, data_dir = config.dataset, data_dir_for(config)
+    if (name, data_dir) in _BUILDERS:
+        return _BUILDERS[name, data_dir]
     if name in offline.DATASETS:
         try:
             offline.prepare(data_dir, name)
@@ -83,16 +102,36 @@ def _builder(config) -> tfds.core.DatasetBuilder:
                 f"`tfds build {name} --data_dir={data_dir}`{hint}, point TFDS_DATA_DIR or "
                 "config.data_dir at a folder that has it, or set config.download=True"
             )
-    for split in (config.train_split, config.eval_split):
-        if split.split("[")[0] not in builder.info.splits:
-            raise UserError(
-                f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
-            )
+    _BUILDERS[name, data_dir] = builder
     return builder
 
 
+def _fix_hint(config) -> str:
+    if config.dataset in offline.DATASETS:
+        folder = os.path.join(data_dir_for(config), config.dataset)
+        return f"delete {folder} and rerun: the offline set is written again"
+    return f"restore the file or rebuild the dataset (`tfds build {config.dataset}`)"
+
+
+def _input_spec(image_feature, fused_jpeg: bool) -> tf.TensorSpec:
+    if fused_jpeg:
+        return tf.TensorSpec([], tf.string)
+    return tf.TensorSpec(image_feature.shape, image_feature.tf_dtype)
+
+
+def _specs(config, info: DataInfo) -> tuple[pp.Spec, pp.Spec]:
+    ctx = preprocess.context(info.name, info.image_shape[-1], info.num_classes)
+    return (
+        pp.parse(info.train_pp, "train_pp", ctx, task=info.task),
+        pp.parse(info.eval_pp, "eval_pp", ctx, task=info.task),
+    )
+
+
 def dataset_info(config, task: str = "classification") -> DataInfo:
-    """What the model and loop need to know about ``config.dataset`` for ``task``."""
+    """What the model and loop need to know about ``config.dataset`` for ``task``.
+
+    Checks everything about the data that can be checked before compiling: the
+    dataset, both split strings, and both preprocessing specs (by tracing them)."""
     builder = _builder(config)
     features = builder.info.features
     target = TASK_TARGETS[task]
@@ -101,6 +140,8 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
             f"dataset {config.dataset!r} has no 'image' and {target!r} features, so it cannot "
             f"be used for {task} (it has {sorted(features)})"
         )
+    num_train = faults.split_size(builder, config.train_split, "train_split")
+    num_eval = faults.split_size(builder, config.eval_split, "eval_split")
     num_classes = config.get("num_classes", -1)
     if num_classes <= 0:
         if task == "segmentation" or not hasattr(features[target], "num_classes"):
@@ -109,37 +150,57 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
                 f"{target!r} feature does not say how many classes there are"
             )
         num_classes = features[target].num_classes
-    if task == "segmentation" and None in features["image"].shape[:2]:
+    image_feature = features["image"]
+    if task == "segmentation" and None in image_feature.shape[:2]:
         raise UserError(
             f"dataset {config.dataset!r} has images of varying size; segmentation here needs "
             "a fixed size"
         )
-    jpeg = getattr(features["image"], "encoding_format", None) == "jpeg"
-    recipe = preprocess.recipe_for(
-        config.dataset, features["image"].shape, config.augment, config.image_size, jpeg
+    jpeg = getattr(image_feature, "encoding_format", None) == "jpeg"
+    channels = image_feature.shape[-1] or 3
+    ctx = preprocess.context(config.dataset, channels, num_classes)
+    default_train, default_eval = preprocess.default_specs(
+        image_feature.shape, config.augment, config.image_size, task
     )
-    if task == "segmentation":  # augmentations here move pixels; masks would need the same
-        recipe = dataclasses.replace(recipe, train_augment="none", image_size=None)
-    if recipe.image_size is not None:
-        shape = (recipe.image_size, recipe.image_size, 3)
-    else:
-        shape = tuple(features["image"].shape)
-    label_shape = shape[:2] if task == "segmentation" else ()
+    train_spec = pp.parse(config.get("train_pp", "") or default_train, "train_pp", ctx, task=task)
+    eval_spec = pp.parse(config.get("eval_pp", "") or default_eval, "eval_pp", ctx, task=task)
+    if eval_spec.is_random:
+        random_ops = ", ".join(s.text for s in eval_spec.steps if s.op.random)
+        raise UserError(
+            f"config.eval_pp={eval_spec.text!r}: {random_ops} is random; evaluation must "
+            "give the same images every time"
+        )
+    mask = task == "segmentation"
+    shapes = {
+        spec.key: pp.output_shape(spec, _input_spec(image_feature, jpeg and spec.reads_jpeg), mask)
+        for spec in (train_spec, eval_spec)
+    }
+    if shapes["train_pp"] != shapes["eval_pp"]:
+        raise UserError(
+            f"config.train_pp={train_spec.text!r} gives {shapes['train_pp']} images but "
+            f"config.eval_pp={eval_spec.text!r} gives {shapes['eval_pp']}; the model needs "
+            "one size: set eval_pp (or train_pp) to match"
+        )
+    shape = shapes["train_pp"]
     return DataInfo(
         name=config.dataset,
         task=task,
         num_classes=num_classes,
         image_shape=shape,
-        num_train=builder.info.splits[config.train_split].num_examples,
-        num_eval=builder.info.splits[config.eval_split].num_examples,
-        recipe=recipe,
-        label_shape=label_shape,
+        num_train=num_train,
+        num_eval=num_eval,
+        label_shape=shape[:2] if mask else (),
+        train_pp=train_spec.text,
+        eval_pp=eval_spec.text,
+        soft_labels=train_spec.soft_labels,
+        jpeg=jpeg,
     )
 
 
-def _read(config, split: str, info: DataInfo, shuffle_seed: int | None) -> tf.data.Dataset:
+def _read(config, split, info: DataInfo, spec: pp.Spec, shuffle_seed) -> tf.data.Dataset:
     builder = _builder(config)
-    decoders = {"image": tfds.decode.SkipDecoding()} if info.recipe.fused_jpeg else None
+    fused = info.jpeg and spec.reads_jpeg
+    decoders = {"image": tfds.decode.SkipDecoding()} if fused else None
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
     return builder.as_dataset(
         split=split,
@@ -156,8 +217,34 @@ def _target(example, task: str):
     return tf.cast(target, tf.int32)
 
 
-def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
+def _example_map(spec: pp.Spec, task: str):
+    """fn(image, target, seed) -> {'image', 'label'} running the per-example ops."""
+    per_example = pp.example_fn(spec)
+
+    def fn(image, target, seed):
+        ex = {"image": image}
+        if task == "segmentation":
+            ex["mask"] = target[:, :, None]
+        ex = per_example(ex, seed)
+        label = ex["mask"][:, :, 0] if task == "segmentation" else target
+        return {"image": ex["image"], "label": label}
+
+    return fn
+
+
+def _epoch_seed(seed: int, epoch: int, process_index: int, stream: int = 0) -> int:
+    """A 64-bit seed per (seed, epoch, process); ``stream`` 1 is the batch-level ops'."""
+    entropy = [seed, epoch, process_index] + ([stream] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # One op per core at a time; parallelism comes from the parallel maps instead.
+    options.threading.max_intra_op_parallelism = 1
+    options.experimental_optimization.map_parallelization = True
+    return options
 
 
 def train_batches(
@@ -182,20 +269,27 @@ def train_batches(
             f"batch_size={local_batch_size * process_count} is larger than the "
             f"{info.num_train} training examples of {config.dataset!r}"
         )
-    base = _read(config, split, info, shuffle_seed=config.seed)
+    spec, _ = _specs(config, info)
+    base = _read(config, split, info, spec, shuffle_seed=config.seed)
     if config.cache:
         base = base.cache()
-    augment = preprocess.train_map(info.recipe)
+    per_example = _example_map(spec, info.task)
+    per_batch = pp.batch_fn(spec)
     buffer = min(config.shuffle_buffer, info.num_train)
     epoch, offset = divmod(start_step, steps_per_epoch)
+    builder = _builder(config)
     while True:
         epoch_seed = _epoch_seed(config.seed, epoch, process_index)
         key = tf.constant([config.seed, epoch_seed % (2**31)], tf.int64)
+        batch_seed = _epoch_seed(config.seed, epoch, process_index, stream=1)
+        batch_key = tf.constant([config.seed, batch_seed % (2**31)], tf.int64)
 
         def prepare(index, example, key=key):
-            image, label = example
-            seed = tf.random.experimental.stateless_fold_in(key, index)
-            return {"image": augment(image, seed), "label": label}
+            image, target = example
+            return per_example(image, target, tf.random.experimental.stateless_fold_in(key, index))
+
+        def finish(index, batch, key=batch_key):
+            return per_batch(batch, tf.random.experimental.stateless_fold_in(key, index))
 
         ds = (
             base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
@@ -204,15 +298,22 @@ def train_batches(
             .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(local_batch_size, drop_remainder=True)
             .take(steps_per_epoch - offset)
+            .enumerate(start=offset)  # the batch's position in the epoch seeds mixup/cutmix
+            .map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE)
+            .with_options(_options(deterministic=True))
         )
-        yield from ds.as_numpy_iterator()
+        with faults.reading(builder, config.train_split, _fix_hint(config)):
+            yield from ds.as_numpy_iterator()
         epoch, offset = epoch + 1, 0
 
 
 def num_eval_batches(info: DataInfo, local_batch_size: int, process_count: int = 1) -> int:
     """Batches per process that cover the largest process shard of the eval split."""
     return math.ceil(math.ceil(info.num_eval / process_count) / local_batch_size)
+
+
+_EVAL_CACHE: collections.OrderedDict[tuple, list[dict[str, np.ndarray]]] = collections.OrderedDict()
 
 
 def eval_batches(
@@ -226,23 +327,62 @@ def eval_batches(
     """Yields the whole eval split once, in fixed-size batches with a 0/1 ``mask``.
 
     Every process yields the same number of batches (padding with empty ones), so
-    the global batches line up across hosts.
+    the global batches line up across hosts. Small splits are read and preprocessed
+    once per process and then served from memory (the arrays are read-only).
     """
+    key = (
+        data_dir_for(config),
+        config.dataset,
+        config.eval_split,
+        info,
+        local_batch_size,
+        process_index,
+        process_count,
+    )
+    if key in _EVAL_CACHE:
+        _EVAL_CACHE.move_to_end(key)
+        yield from _EVAL_CACHE[key]
+        return
+    batches = _eval_stream(config, info, local_batch_size, process_index, process_count)
+    per_process = math.ceil(info.num_eval / process_count)
+    if per_process * math.prod(info.image_shape) * 4 > EVAL_CACHE_MAX_BYTES:
+        yield from batches
+        return
+    kept = list(batches)
+    for batch in kept:
+        for array in batch.values():
+            array.setflags(write=False)
+    _EVAL_CACHE[key] = kept
+    while len(_EVAL_CACHE) > EVAL_CACHE_ENTRIES:
+        _EVAL_CACHE.popitem(last=False)
+    yield from kept
+
+
+def _eval_stream(config, info, local_batch_size, process_index, process_count):
     split = tfds.even_splits(config.eval_split, n=process_count)[process_index]
-    normalize = preprocess.eval_map(info.recipe)
-    ds = (
-        _read(config, split, info, shuffle_seed=None)
-        .map(
-            lambda image, label: {"image": normalize(image), "label": label},
+    _, spec = _specs(config, info)
+    per_example = _example_map(spec, info.task)
+    per_batch = pp.batch_fn(spec)
+    ds = _read(config, split, info, spec, shuffle_seed=None)
+    if spec.example_steps:
+        zero = tf.zeros([2], tf.int64)  # eval specs are deterministic: the seed is unused
+        ds = ds.map(
+            lambda image, target: per_example(image, target, zero),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        .batch(local_batch_size)
+    else:
+        ds = ds.map(lambda image, target: {"image": image, "label": target})
+    ds = (
+        ds.batch(local_batch_size)
+        .map(lambda b: per_batch(b, None), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(_options(deterministic=True))
     )
     n = 0
-    for batch in ds.as_numpy_iterator():
-        n += 1
-        yield _pad(batch, local_batch_size)
+    with faults.reading(_builder(config), config.eval_split, _fix_hint(config)):
+        for batch in ds.as_numpy_iterator():
+            n += 1
+            yield _pad(batch, local_batch_size)
     empty = {
         "image": np.zeros((0, *info.image_shape), np.float32),
         "label": np.zeros((0, *info.label_shape), np.int32),
