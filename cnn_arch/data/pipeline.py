@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -119,12 +120,24 @@ def _input_spec(image_feature, fused_jpeg: bool) -> tf.TensorSpec:
     return tf.TensorSpec(image_feature.shape, image_feature.tf_dtype)
 
 
-def _specs(config, info: DataInfo) -> tuple[pp.Spec, pp.Spec]:
+def _pipeline_parts(info: DataInfo, key: str):
+    """(spec, traced per-example fn, batch fn) of info's train_pp or eval_pp."""
     ctx = preprocess.context(info.name, info.image_shape[-1], info.num_classes)
-    return (
-        pp.parse(info.train_pp, "train_pp", ctx, task=info.task),
-        pp.parse(info.eval_pp, "eval_pp", ctx, task=info.task),
-    )
+    text = info.train_pp if key == "train_pp" else info.eval_pp
+    spec, fn = _example_map(text, key, ctx, info.task)
+    return spec, fn, pp.batch_fn(spec)
+
+
+def _output_shape(spec, fn, image_feature, fused_jpeg: bool, task: str) -> tuple[int, ...]:
+    """Static shape of the images ``fn`` makes (found by tracing it); UserError unless
+    every example comes out the same fixed size."""
+    h, w = image_feature.shape[:2]
+    target = tf.TensorSpec([h, w] if task == "segmentation" else [], tf.int32)
+    seed = tf.TensorSpec([2], tf.int64)
+    image = _input_spec(image_feature, fused_jpeg)
+    shape = fn.get_concrete_function(image, target, seed).structured_outputs["image"].shape
+    pp.check_fixed_size(spec, shape)
+    return tuple(shape.as_list())
 
 
 def dataset_info(config, task: str = "classification") -> DataInfo:
@@ -162,18 +175,21 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
     default_train, default_eval = preprocess.default_specs(
         image_feature.shape, config.augment, config.image_size, task
     )
-    train_spec = pp.parse(config.get("train_pp", "") or default_train, "train_pp", ctx, task=task)
-    eval_spec = pp.parse(config.get("eval_pp", "") or default_eval, "eval_pp", ctx, task=task)
+    texts = {
+        "train_pp": config.get("train_pp", "") or default_train,
+        "eval_pp": config.get("eval_pp", "") or default_eval,
+    }
+    parts = {key: _example_map(text, key, ctx, task) for key, text in texts.items()}
+    train_spec, eval_spec = parts["train_pp"][0], parts["eval_pp"][0]
     if eval_spec.is_random:
         random_ops = ", ".join(s.text for s in eval_spec.steps if s.op.random)
         raise UserError(
             f"config.eval_pp={eval_spec.text!r}: {random_ops} is random; evaluation must "
             "give the same images every time"
         )
-    mask = task == "segmentation"
     shapes = {
-        spec.key: pp.output_shape(spec, _input_spec(image_feature, jpeg and spec.reads_jpeg), mask)
-        for spec in (train_spec, eval_spec)
+        key: _output_shape(spec, fn, image_feature, jpeg and spec.reads_jpeg, task)
+        for key, (spec, fn) in parts.items()
     }
     if shapes["train_pp"] != shapes["eval_pp"]:
         raise UserError(
@@ -189,7 +205,7 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
         image_shape=shape,
         num_train=num_train,
         num_eval=num_eval,
-        label_shape=shape[:2] if mask else (),
+        label_shape=shape[:2] if task == "segmentation" else (),
         train_pp=train_spec.text,
         eval_pp=eval_spec.text,
         soft_labels=train_spec.soft_labels,
@@ -217,10 +233,15 @@ def _target(example, task: str):
     return tf.cast(target, tf.int32)
 
 
-def _example_map(spec: pp.Spec, task: str):
-    """fn(image, target, seed) -> {'image', 'label'} running the per-example ops."""
+@functools.lru_cache(maxsize=16)
+def _example_map(text: str, key: str, ctx, task: str):
+    """The parsed spec and fn(image, target, seed) -> {'image', 'label'} running its
+    per-example ops, as one tf.function: traced once per input signature and reused by
+    every epoch's pipeline (tracing RandAugment's branches takes seconds)."""
+    spec = pp.parse(text, key, ctx, task=task)
     per_example = pp.example_fn(spec)
 
+    @tf.function(autograph=False)  # no tensor-dependent Python control flow; plain errors
     def fn(image, target, seed):
         ex = {"image": image}
         if task == "segmentation":
@@ -229,7 +250,7 @@ def _example_map(spec: pp.Spec, task: str):
         label = ex["mask"][:, :, 0] if task == "segmentation" else target
         return {"image": ex["image"], "label": label}
 
-    return fn
+    return spec, fn
 
 
 def _epoch_seed(seed: int, epoch: int, process_index: int, stream: int = 0) -> int:
@@ -269,12 +290,10 @@ def train_batches(
             f"batch_size={local_batch_size * process_count} is larger than the "
             f"{info.num_train} training examples of {config.dataset!r}"
         )
-    spec, _ = _specs(config, info)
+    spec, per_example, per_batch = _pipeline_parts(info, "train_pp")
     base = _read(config, split, info, spec, shuffle_seed=config.seed)
     if config.cache:
         base = base.cache()
-    per_example = _example_map(spec, info.task)
-    per_batch = pp.batch_fn(spec)
     buffer = min(config.shuffle_buffer, info.num_train)
     epoch, offset = divmod(start_step, steps_per_epoch)
     builder = _builder(config)
@@ -360,9 +379,7 @@ def eval_batches(
 
 def _eval_stream(config, info, local_batch_size, process_index, process_count):
     split = tfds.even_splits(config.eval_split, n=process_count)[process_index]
-    _, spec = _specs(config, info)
-    per_example = _example_map(spec, info.task)
-    per_batch = pp.batch_fn(spec)
+    spec, per_example, per_batch = _pipeline_parts(info, "eval_pp")
     ds = _read(config, split, info, spec, shuffle_seed=None)
     if spec.example_steps:
         zero = tf.zeros([2], tf.int64)  # eval specs are deterministic: the seed is unused

@@ -336,18 +336,8 @@ def batch_fn(spec: Spec) -> Callable:
     return fn
 
 
-def output_shape(spec: Spec, image_spec: tf.TensorSpec, mask: bool) -> tuple[int, ...]:
-    """The static shape of the images ``spec`` makes from ``image_spec`` inputs, found by
-    tracing; a UserError unless every example comes out the same fixed size."""
-    fn = example_fn(spec)
-
-    def trace(image):
-        ex = {"image": image}
-        if mask:
-            ex["mask"] = tf.zeros(tf.concat([tf.shape(image)[:2], [1]], 0), tf.int32)
-        return fn(ex, tf.constant([0, 0], tf.int64))["image"]
-
-    shape = tf.function(trace).get_concrete_function(image_spec).structured_outputs.shape
+def check_fixed_size(spec: Spec, shape: tf.TensorShape) -> None:
+    """UserError unless ``spec`` makes images of one fixed size (so they can be batched)."""
     if not shape.is_fully_defined():
         raise _fail(
             spec.key,
@@ -355,4 +345,3 @@ def output_shape(spec: Spec, image_spec: tf.TensorSpec, mask: bool) -> tuple[int
             f"gives images of varying size {shape}; add a fixed-size op (resize, center_crop, "
             "random_resized_crop or random_crop) so examples can be batched",
         )
-    return tuple(shape.as_list())
