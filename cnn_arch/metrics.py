@@ -1,61 +1,27 @@
-"""Loss, top-k accuracy and the metric writers (TensorBoard, log, metrics.jsonl)."""
+"""Metric writers (TensorBoard + metrics.jsonl) and the training clock.
+
+The losses and accuracies themselves belong to the tasks (``cnn_arch.tasks``).
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import optax
 from clu import metric_writers
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-    """Per-example softmax cross-entropy with optional label smoothing."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def correct_topk(logits, labels, k: int):
-    """1.0 where the label is among the k highest logits."""
-    k = min(k, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
-    return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def per_pixel(logits, labels, mask=None):
-    """Segmentation outputs (N, H, W, C) as N*H*W rows of logits, so one loss and one
-    accuracy serve both tasks. Label maps larger than the logits (the unpadded U-Net
-    loses a border) are centre-cropped to them. Classification passes through."""
-    if logits.ndim == 2:
-        return logits, labels, mask
-    n, h, w, c = logits.shape
-    top, left = (labels.shape[1] - h) // 2, (labels.shape[2] - w) // 2
-    labels = labels[:, top : top + h, left : left + w]
-    if mask is not None:
-        mask = jnp.broadcast_to(mask[:, None, None], (n, h, w)).reshape(-1)
-    return logits.reshape(-1, c), labels.reshape(-1), mask
-
-
-def summed_metrics(logits, labels, mask) -> dict[str, jax.Array]:
-    """Sums over the (masked) batch, so batches and hosts add up exactly. For
-    segmentation every pixel counts as one example (top1 = pixel accuracy)."""
-    logits, labels, mask = per_pixel(logits, labels, mask)
-    return {
-        "loss": jnp.sum(cross_entropy(logits, labels) * mask),
-        "top1": jnp.sum(correct_topk(logits, labels, 1) * mask),
-        "top5": jnp.sum(correct_topk(logits, labels, 5) * mask),
-        "count": jnp.sum(mask),
-    }
-
-
 def averages(sums: dict[str, float]) -> dict[str, float]:
-    """Divides each summed metric by the number of examples."""
-    n = max(float(sums["count"]), 1.0)
-    return {k: float(v) / n for k, v in sums.items() if k != "count"}
+    """Divides each summed metric by ``count``; ``num_examples`` is the count."""
+    n = float(sums["count"])
+    out = {k: float(v) / max(n, 1.0) for k, v in sums.items() if k != "count"}
+    out["num_examples"] = int(n)
+    return out
 
 
 class Writer:
@@ -66,7 +32,14 @@ class Writer:
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
         self._tb = metric_writers.SummaryWriter(workdir) if self.active else None
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.active else None
+        self._jsonl = None
+        if self.active:
+            path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = open(path, "a")
+            # A run killed mid-write leaves a partial last line: end it, so the next row
+            # starts on its own line instead of being glued onto the fragment.
+            if self._jsonl.tell() and not _ends_with_newline(path):
+                self._jsonl.write("\n")
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.active:
@@ -80,3 +53,78 @@ class Writer:
         if self.active:
             self._tb.close()
             self._jsonl.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+class Chrono:
+    """Throughput and ETA that count only the training steps they time.
+
+    The loop calls ``start(step)`` once the train step is compiled, wraps every eval
+    and checkpoint in ``paused(kind)``, and calls ``window(step, remaining)`` at each
+    log. steps/s is (steps since the last window) / (wall time since then, minus the
+    pauses in it); the device must have finished those steps (the loop reads their
+    metrics first). The ETA is the remaining steps at the mean rate since ``start``
+    plus, for each kind of pause, its mean measured duration times how many are still
+    to come (``remaining[kind]``) — so evals and checkpoints still ahead are counted.
+    """
+
+    def __init__(self, total_steps: int, batch_size: int, clock: Callable[[], float] = None):
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self._clock = clock or time.perf_counter
+        self._pauses: dict[str, list[float]] = collections.defaultdict(list)
+        self._window_start = None
+
+    def start(self, step: int) -> None:
+        self._window_start = self._clock()
+        self._window_step = step
+        self._window_paused = 0.0
+        self._train_seconds = 0.0
+        self._train_steps = 0
+
+    @contextlib.contextmanager
+    def paused(self, kind: str):
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            dt = self._clock() - t0
+            self._pauses[kind].append(dt)
+            self._window_paused += dt
+
+    def pause_seconds(self, kind: str) -> float:
+        """Mean measured duration of one pause of ``kind`` (0 before the first)."""
+        d = self._pauses.get(kind)
+        return sum(d) / len(d) if d else 0.0
+
+    def window(self, step: int, remaining: dict[str, int] | None = None) -> dict[str, float]:
+        """steps_per_sec, images_per_sec and eta_seconds for the steps up to ``step``."""
+        now = self._clock()
+        seconds = max(now - self._window_start - self._window_paused, 1e-9)
+        steps = step - self._window_step
+        self._train_seconds += seconds
+        self._train_steps += steps
+        self._window_start, self._window_step, self._window_paused = now, step, 0.0
+        rate = steps / seconds
+        mean_rate = self._train_steps / self._train_seconds
+        eta = (self.total_steps - step) / mean_rate if mean_rate > 0 else float("inf")
+        for kind, count in (remaining or {}).items():
+            eta += count * self.pause_seconds(kind)
+        return {
+            "steps_per_sec": rate,
+            "images_per_sec": rate * self.batch_size,
+            "eta_seconds": eta,
+        }
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -17,6 +17,7 @@ from conftest import ROOT
 from ml_collections import config_flags
 
 from cnn_arch import models, optim, train
+from cnn_arch import run as run_lib
 from cnn_arch.errors import UserError
 from cnn_arch.models.bn_inception import PAPER_NETWORKS
 from cnn_arch.validate import validate_config
@@ -90,7 +91,7 @@ def test_bn_inception_variants(variant):
 
 
 def _schedule(config, steps_per_epoch: int):
-    total = train.total_train_steps(config, steps_per_epoch)
+    total = run_lib.total_train_steps(config, steps_per_epoch)
     return optim.make_schedule(config, steps_per_epoch, total), total
 
 

@@ -20,7 +20,7 @@ import optax
 import pytest
 from conftest import ROOT, small_config
 
-from cnn_arch import models, train
+from cnn_arch import models, tasks, train
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -115,7 +115,7 @@ def test_skip_mode_drops_nonfinite_update():
             model=model,
             tx=tx,
             schedule=lambda _: 0.1,
-            label_smoothing=0.0,
+            task=tasks.create("classification", small_config()),
             skip_nonfinite=skip,
         ),
         static_argnums=2,

@@ -18,7 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT, small_config
 
-from cnn_arch import data, parallel, train
+from cnn_arch import data, evaluators, train
+from cnn_arch import run as run_lib
 
 
 def _read_jsonl(workdir) -> list[dict]:
@@ -56,14 +57,9 @@ def test_eval_covers_whole_split_exactly(shared_tfds, tmp_path):
     config = small_config(
         dataset="mnist", data_dir=shared_tfds, eval_split="test[:1003]", eval_batch_size=100
     )
-    info = data.dataset_info(config)
-    mesh = parallel.make_mesh()
-    model = train.build_model(config, info.num_classes)
-    state = train.create_train_state(
-        model, train.optim.make_optimizer(config, lambda s: 0.1), info.image_shape, 0, mesh
-    )
-    eval_fn = jax.jit(lambda s, b: train.eval_step(s, b, model=model))
-    result = train.evaluate(eval_fn, state, config, info, mesh)
+    run = run_lib.build(config)
+    info, model, state = run.info, run.model, run.init_state()
+    result = evaluators.build_all(run)[0](state)
     assert result["num_examples"] == 1003
 
     images, labels = [], []

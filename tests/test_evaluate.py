@@ -1,8 +1,8 @@
-"""experiments/bn_population_stats.py on a real (tiny) training run: Algorithm 2 end to end.
+"""`python -m cnn_arch.evaluate` on a real (tiny) training run: Algorithm 2 end to end.
 
-A LeNet-5 with BN is trained for 60 steps on MNIST in-process; the script then restores
+A LeNet-5 with BN is trained for 60 steps on MNIST in-process; the command then restores
 it, re-estimates the population statistics and evaluates running averages vs population
-statistics vs the folded network. The library part (cnn_arch.bn_population) is
+statistics vs the folded network. The library part (cnn_arch.evaluators.bn) is
 checked against numpy on the first BN layer over the same training batches.
 """
 
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, small_config
 
-from cnn_arch import bn_population as checkpoint_stats
-from cnn_arch import train
+from cnn_arch import evaluators, train
+from cnn_arch import run as run_lib
+from cnn_arch.evaluators.bn import reestimate
 
 NUM_BATCHES = 20
 EVAL_EXAMPLES = 2000
@@ -49,8 +50,10 @@ def report(trained):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "experiments" / "bn_population_stats.py"),
+            "-m",
+            "cnn_arch.evaluate",
             f"--workdir={workdir}",
+            "--evals=running,alg2,folded_alg2",
             f"--num_batches={NUM_BATCHES}",
         ],
         cwd=ROOT,
@@ -60,16 +63,17 @@ def report(trained):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "population stats (N=20, m=32)" in proc.stdout, proc.stdout
-    with open(os.path.join(workdir, "bn_population_stats.json")) as f:
+    assert "folded_alg2" in proc.stdout, proc.stdout
+    with open(os.path.join(workdir, "evaluate.json")) as f:
         return json.load(f)
 
 
 def test_script_compares_running_population_and_folded(trained, report):
     _, final = trained
-    running, population, folded = report["running_average"], report["population"], report["folded"]
+    results = report["results"]
+    running, population, folded = results["running"], results["alg2"], results["folded_alg2"]
     assert report["checkpoint_step"] == 60
-    assert report["num_batches"] == NUM_BATCHES and report["batch_size"] == 32
+    assert report["evals"]["alg2"] == {"kind": "population", "num_batches": 20, "batch_size": 0}
     for result in (running, population, folded):
         assert result["num_examples"] == EVAL_EXAMPLES
     # the running-average row is the network exactly as the training run evaluated it
@@ -87,9 +91,7 @@ def test_script_compares_running_population_and_folded(trained, report):
         ["fc2", "fc2_norm"],
     ]
     assert report["unfolded"] == []
-    assert sorted(report["layers"]) == ["conv1_norm", "conv2_norm", "fc1_norm", "fc2_norm"]
-    diff = population["top1"] - running["top1"]
-    assert report["top1_population_minus_running"] == pytest.approx(diff)
+    assert sorted(report["bn_layers"]) == ["conv1_norm", "conv2_norm", "fc1_norm", "fc2_norm"]
 
 
 def test_population_statistics_of_checkpoint_vs_numpy(trained, report, shared_tfds):
@@ -97,13 +99,13 @@ def test_population_statistics_of_checkpoint_vs_numpy(trained, report, shared_tf
     computation on the very same training batches; and the library reproduces the
     script's population-statistics evaluation."""
     workdir, _ = trained
-    run = checkpoint_stats.load_trained(workdir, data_dir=shared_tfds)
-    assert run.step == 60
+    run, state = run_lib.from_workdir(workdir, data_dir=shared_tfds)
+    assert int(state.step) == 60
 
-    stats = checkpoint_stats.reestimate(run, num_batches=3)
+    stats = reestimate(run, state, num_batches=3)
     conv1 = jax.jit(
         lambda x: run.model.apply(
-            run.variables,
+            state.variables,
             x,
             train=True,
             mutable=["batch_stats", "intermediates"],
@@ -111,7 +113,7 @@ def test_population_statistics_of_checkpoint_vs_numpy(trained, report, shared_tf
         )[1]["intermediates"]["conv1"]["__call__"][0]
     )
     mean, var = 0.0, 0.0
-    for images in checkpoint_stats.training_images(run, num_batches=3):
+    for images in run.training_images(num_batches=3):
         c1 = np.asarray(conv1(images), np.float64)  # (32, 28, 28, 6): no bias, BN follows
         m = c1.shape[0] * c1.shape[1] * c1.shape[2]
         mean = mean + c1.mean((0, 1, 2)) / 3
@@ -120,11 +122,40 @@ def test_population_statistics_of_checkpoint_vs_numpy(trained, report, shared_tf
     np.testing.assert_allclose(stats["conv1_norm"]["var"], var, rtol=1e-4)
     # population statistics really differ from the running averages in every layer
     for name in ("conv1_norm", "conv2_norm", "fc1_norm", "fc2_norm"):
-        assert not np.allclose(stats[name]["var"], run.state.batch_stats[name]["var"])
+        assert not np.allclose(stats[name]["var"], state.batch_stats[name]["var"])
 
-    # the same N batches as the script give the script's numbers
-    again = checkpoint_stats.evaluate(
-        run, checkpoint_stats.reestimate(run, num_batches=NUM_BATCHES)
+    # the same N batches as the command give the command's numbers
+    (population,) = evaluators.build_all(
+        run, {"alg2": {"kind": "population", "num_batches": NUM_BATCHES}}
     )
-    assert again["top1"] == report["population"]["top1"]
-    np.testing.assert_allclose(again["loss"], report["population"]["loss"], rtol=1e-5)
+    again = population(state)
+    assert again["top1"] == report["results"]["alg2"]["top1"]
+    np.testing.assert_allclose(again["loss"], report["results"]["alg2"]["loss"], rtol=1e-5)
+
+
+def test_unet_workdir_evaluates_with_running_alg2_and_folded(offline_tfds, tmp_path):
+    """The run builder knows the task: a segmentation workdir restores and evaluates."""
+    from configs import unet_digits
+
+    config = unet_digits.get_config()
+    config.data_dir = offline_tfds
+    config.num_train_steps = 2
+    config.model_kwargs.features = 4
+    config.eval_split = "test[:64]"
+    config.batch_size = 8
+    config.eval_batch_size = 32
+    config.model_kwargs.norm = "batch"
+    train.train_and_evaluate(config, str(tmp_path))
+    from cnn_arch import evaluate
+
+    report = evaluate.evaluate_workdir(
+        str(tmp_path), ["running", "alg2", "folded"], num_batches=2, data_dir=offline_tfds
+    )
+    for name in ("running", "alg2", "folded"):
+        result = report["results"][name]
+        assert result["num_examples"] > 64 * 100  # pixels, not images
+        assert np.isfinite(result["loss"])
+    # folding with the running averages is the running-average network without BN
+    np.testing.assert_allclose(
+        report["results"]["folded"]["loss"], report["results"]["running"]["loss"], rtol=1e-3
+    )

@@ -1,0 +1,15 @@
+"""Evaluators: what the loop (and ``python -m cnn_arch.evaluate``) measures.
+
+``config.evals`` maps a name to ``{'kind': ..., 'every_steps': ..., <options>}``;
+each evaluator runs every ``every_steps`` (default ``config.steps_per_eval``, -1 =
+once an epoch) and at the end, and writes its metrics to metrics.jsonl and TensorBoard
+under its name. Kinds: ``running`` (the network as trained, BN running averages),
+``population`` (Algorithm 2's population statistics), ``folded`` (BN folded into the
+convolutions). A new kind is one module with ``@register``.
+"""
+
+from cnn_arch.evaluators import bn as _bn  # noqa: F401  (registers population, folded)
+from cnn_arch.evaluators import running as _running  # noqa: F401  (registers running)
+from cnn_arch.evaluators.base import Evaluator, build_all, check, kinds, register
+
+__all__ = ["Evaluator", "build_all", "check", "kinds", "register"]

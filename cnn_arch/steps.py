@@ -1,0 +1,125 @@
+"""The functions that run on the devices: TrainState, its init, one train step, one
+eval step. Nothing here is model-, task- or dataset-specific: the model and the task
+come in as arguments (bound with ``functools.partial`` before ``jax.jit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from cnn_arch import norm, parallel
+from cnn_arch.tasks import Task
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a step reads and writes; a checkpoint is exactly this tree."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # base key; step k uses fold_in(rng, k), so a resumed run repeats it
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int, mesh
+) -> TrainState:
+    """Initializes params (float32) and optimizer state, replicated over ``mesh``."""
+
+    def init():
+        init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+        variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=rng,
+        )
+
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    model: nn.Module,
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    skip_nonfinite: bool,
+    per_device_bn_mesh=None,
+):
+    """One optimizer step on a global batch; returns the new state and batch-mean metrics.
+
+    BN statistics are those of the global batch (sync BN); with ``per_device_bn_mesh``
+    each device normalizes its own shard instead (``norm.apply_per_device``).
+    ``metrics['nonfinite']`` is 1 when the loss or gradient norm is inf/nan; the loop
+    reads it at its log and checkpoint cadence, so no step waits for the host. With
+    ``skip_nonfinite`` such an update is dropped (params, BN statistics and optimizer
+    state stay as they were), as fp16 dynamic loss scaling does; the step counter still
+    advances so the data moves on.
+    """
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        rngs = {"dropout": step_rng}
+        if per_device_bn_mesh is not None:
+            outputs, batch_stats = norm.apply_per_device(
+                model, variables, batch["image"], mesh=per_device_bn_mesh, rngs=rngs
+            )
+        else:
+            outputs, new_vars = model.apply(
+                variables, batch["image"], train=True, mutable=["batch_stats"], rngs=rngs
+            )
+            batch_stats = new_vars.get("batch_stats", {})
+        loss, task_metrics = task.loss(outputs, batch)
+        return loss, (task_metrics, batch_stats)
+
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        old = (state.params, state.batch_stats, state.opt_state)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, batch_stats, opt_state = new
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    step_metrics = {
+        "loss": loss,
+        **task_metrics,
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
+    }
+    return new_state, step_metrics
+
+
+def eval_step(variables, batch, *, predict: Callable, task: Task):
+    """Summed task metrics over the real (mask=1) examples of a batch;
+    ``predict(variables, images)`` is the network in inference mode."""
+    return task.eval_sums(predict(variables, batch["image"]), batch)
+
+
+def inference(model: nn.Module) -> Callable:
+    """``predict(variables, images)`` of ``model`` in eval mode (running BN averages)."""
+    return lambda variables, images: model.apply(variables, images, train=False)
