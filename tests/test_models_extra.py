@@ -82,7 +82,7 @@ def lenet():
     """LeNet-5 (1998), its initial parameters and a toy batch of 16 28x28 digits."""
     model = create("lenet5_1998")
     x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
-    params = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
+    params = jax.jit(lambda x: model.init(jax.random.key(1, impl="rbg"), x, train=False))(x)
     return model, params, x, jnp.arange(16) % 10
 
 
