@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging as std_logging
 import os
 import re
@@ -18,6 +19,11 @@ from cnn_arch.errors import UserError  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# --config.model_kwargs.<option>=<value> for any model option, also those the config file
+# does not declare (ml_collections only overrides declared keys); checked by validate.
+_MODEL_OPTION = re.compile(r"--config\.model_kwargs\.(\w+)=(.*)")
+_model_options: dict[str, object] = {}
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -57,16 +63,35 @@ def _load_config():
     try:
         config = _CONFIG.value
         config.keys()  # a file that failed to load raises only when first used
+        with config.unlocked():  # config_flags locks the loaded config
+            for key, value in _model_options.items():
+                config.model_kwargs[key] = value
         return config
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot load --config: {_one_line(e)}") from None
 
 
+def _literal(text: str):
+    """'3' -> 3, 'True' -> True, '(1, 2)' -> (1, 2); anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag (unknown config key, wrong type, missing config
     file, no --workdir) is one 'error:' line and exit status 2, like every user error."""
+    rest = []
+    for arg in argv:
+        match = _MODEL_OPTION.fullmatch(arg)
+        if match:
+            _model_options[match.group(1)] = _literal(match.group(2))
+        else:
+            rest.append(arg)
+    sys.argv[:] = rest  # config_flags reads its overrides from sys.argv itself
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(rest)
     except Exception as e:  # noqa: BLE001 - config files are user code: any failure is theirs
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -46,9 +46,9 @@ def validate_config(config, device_count: int | None = None) -> None:
     if config.batch_size % jax.process_count():
         _fail("batch_size", config.batch_size, f"it must divide over {jax.process_count()} hosts")
     try:
-        models.create(config.model, num_classes=10, **config.model_kwargs)  # TODO check_options
+        models.check_options(config.model, config.model_kwargs.to_dict())
     except ValueError as e:
-        raise UserError(f"config.model_kwargs: {e}") from None
+        raise UserError(f"config.{e}") from None
     task = config.task or models.spec(config.model).task
     if task not in tasks.names():
         _fail("task", config.task, f"choose one of {', '.join(tasks.names())}")

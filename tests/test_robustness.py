@@ -208,7 +208,7 @@ def _bad_input_cases(tmp, data_dir, lenet_run):
         ("dataset not prepared", tmp / "w11",
          ["--config.dataset=cifar100", f"--config.data_dir={empty}"], None, "tfds build cifar100"),
         ("no such split", tmp / "w12", [*ok, "--config.eval_split=validation"], None,
-         "no split 'validation'"),
+         "eval_split='validation' is not a valid split"),
         ("batch > dataset", tmp / "w13", [*ok, "--config.batch_size=8000"], None,
          "larger than the 4000"),
         ("workdir is a file", a_file, ok, None, "is a file"),
@@ -221,6 +221,12 @@ def _bad_input_cases(tmp, data_dir, lenet_run):
          "divisible by the 8 devices"),
         ("checkpoint of another model", lenet_run, [*ok, "--config.model=mlp"], None,
          "different model"),
+        ("bad model option", tmp / "w19", [*ok, "--config.model_kwargs.norm=batchh"], None,
+         "norm='batchh' is not allowed for lenet5: choose one of batch,"),
+        ("unknown model option", tmp / "w20", [*ok, "--config.model_kwargs.nrm=batch"], None,
+         "nrm is not an option of lenet5"),
+        ("unknown task", tmp / "w21", [*ok, "--config.task=regression"], None, "task"),
+        ("huge seed", tmp / "w22", [*ok, "--config.seed=99999999999999"], None, "config.seed"),
     ]  # fmt: skip
 
 
