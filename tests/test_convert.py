@@ -80,6 +80,10 @@ for _m in ALL:
 @pytest.fixture(scope="module")
 def torch():
     """torch and torchvision, or a skip (a failure in CI, which must run these tests)."""
+    # torchvision imports torch._dynamo, which imports triton (a GPU kernel compiler);
+    # loading triton's LLVM after TensorFlow's, as other test files do in this process,
+    # segfaults. Nothing here compiles GPU kernels, so torch is told triton is absent.
+    sys.modules.setdefault("triton", None)
     try:
         import torch
         import torchvision  # noqa: F401
@@ -400,3 +404,11 @@ def test_cli_bad_input_is_one_error_line(torch, resnet18_state, tmp_path, capsys
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory():
+    """The last converted model and ~40 compiled networks are not needed after this file."""
+    yield
+    _CONVERTED.clear()
+    jax.clear_caches()
