@@ -238,7 +238,7 @@ def _batch(rng, n=6, classes=10):
 
 def _mix(text, batch, seed):
     spec = pp.parse(f"normalize(mean=(0,), std=(1,))|{text}", "train_pp", RGB)
-    return pp.batch_fn(spec)(batch, seed)
+    return pp.batch_fn(spec, normalize=True)(batch, seed)
 
 
 def test_mixup_mixes_images_exactly_as_its_soft_labels_say():

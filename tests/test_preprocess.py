@@ -78,7 +78,7 @@ def _run_spec(text, image, seed, channels=3, dataset="imagenet2012"):
     """One image through a spec as the pipeline runs it (per example, then batched)."""
     spec = pp.parse(text, "train_pp", preprocess.context(dataset, channels, 10))
     ex = pp.example_fn(spec)({"image": image}, seed)
-    return pp.batch_fn(spec)({"image": ex["image"][None]}, None)["image"][0].numpy()
+    return pp.normalize_fn(spec)(ex["image"]).numpy()
 
 
 def test_default_specs_per_dataset_kind():

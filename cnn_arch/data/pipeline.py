@@ -125,7 +125,7 @@ def _pipeline_parts(info: DataInfo, key: str):
     ctx = preprocess.context(info.name, info.image_shape[-1], info.num_classes)
     text = info.train_pp if key == "train_pp" else info.eval_pp
     spec, fn = _example_map(text, key, ctx, info.task)
-    return spec, fn, pp.batch_fn(spec)
+    return spec, fn, pp.batch_fn(spec, normalize=not spec.example_steps)
 
 
 def _output_shape(spec, fn, image_feature, fused_jpeg: bool, task: str) -> tuple[int, ...]:
@@ -240,6 +240,7 @@ def _example_map(text: str, key: str, ctx, task: str):
     every epoch's pipeline (tracing RandAugment's branches takes seconds)."""
     spec = pp.parse(text, key, ctx, task=task)
     per_example = pp.example_fn(spec)
+    normalize = pp.normalize_fn(spec)
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow; plain errors
     def fn(image, target, seed):
@@ -248,7 +249,10 @@ def _example_map(text: str, key: str, ctx, task: str):
             ex["mask"] = target[:, :, None]
         ex = per_example(ex, seed)
         label = ex["mask"][:, :, 0] if task == "segmentation" else target
-        return {"image": ex["image"], "label": label}
+        # Normalizing right after the per-example ops, while the image is in cache, is
+        # cheaper than a pass over the float batch; without them it runs on the batch.
+        image = normalize(ex["image"]) if spec.example_steps else ex["image"]
+        return {"image": image, "label": label}
 
     return spec, fn
 
@@ -264,7 +268,6 @@ def _options(deterministic: bool) -> tf.data.Options:
     options.deterministic = deterministic
     # One op per core at a time; parallelism comes from the parallel maps instead.
     options.threading.max_intra_op_parallelism = 1
-    options.experimental_optimization.map_parallelization = True
     return options
 
 
@@ -305,6 +308,8 @@ def train_batches(
 
         def prepare(index, example, key=key):
             image, target = example
+            if not spec.example_steps:  # e.g. digits: nothing per example (normalize batched)
+                return {"image": image, "label": target}
             return per_example(image, target, tf.random.experimental.stateless_fold_in(key, index))
 
         def finish(index, batch, key=batch_key):

@@ -301,8 +301,8 @@ def _run(step: Step, spec: Spec, *args):
 
 
 def example_fn(spec: Spec) -> Callable:
-    """fn(example, seed) -> example for the per-example ops (normalize excluded: it runs
-    on whole batches, see ``batch_fn``)."""
+    """fn(example, seed) -> example running the per-example ops (not normalize: the
+    pipeline puts it per example or per batch, see ``normalize_fn``)."""
     steps = spec.example_steps
     num_random = sum(s.op.random for s in steps)
 
@@ -319,14 +319,25 @@ def example_fn(spec: Spec) -> Callable:
     return fn
 
 
-def batch_fn(spec: Spec) -> Callable:
-    """fn(batch, seed) -> batch: normalize (elementwise, so batched is the same as per
-    image), then mixup/cutmix; ``seed`` is only used by the latter."""
-    norm = spec.normalize_step
+def normalize_fn(spec: Spec) -> Callable:
+    """fn(images) -> float32 standardized images, for one image or a batch (elementwise)."""
+    step = spec.normalize_step
+
+    def fn(images):
+        return _run(step, spec, {"image": images}, None)["image"]
+
+    return fn
+
+
+def batch_fn(spec: Spec, *, normalize: bool) -> Callable:
+    """fn(batch, seed) -> batch: normalize first if asked (when no per-example op ran,
+    normalizing the uint8 batch at once is cheaper), then mixup/cutmix with keys split
+    from ``seed`` (unused without them)."""
+    norm = normalize_fn(spec)
     mixers = spec.batch_steps
 
     def fn(batch, seed):
-        out = {**batch, **_run(norm, spec, {"image": batch["image"]}, None)}
+        out = {**batch, "image": norm(batch["image"])} if normalize else dict(batch)
         if mixers:
             seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(mixers)))
             for step, s in zip(mixers, seeds, strict=True):
