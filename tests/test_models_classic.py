@@ -323,3 +323,17 @@ def test_local_response_norm_matches_formula():
         s = (a[..., max(0, i - 2) : min(8, i + 3)] ** 2).sum(-1)
         ref[..., i] = a[..., i] / (2.0 + 1e-4 * s) ** 0.75
     np.testing.assert_allclose(local_response_norm(jnp.asarray(a)), ref, rtol=1e-5)
+
+
+def test_googlenet_shallow_stages_keep_aux_heads():
+    from cnn_arch.models.googlenet import STAGES
+
+    shallow = (STAGES[0][:1], STAGES[1][::3], STAGES[2][1:])  # 3a / 4a, 4d / 5b
+    model = create("googlenet", num_classes=10, aux_logits=True, stages=shallow)
+    main, aux1, aux2 = abstract_apply(model, (2, 32, 32, 3), train=True)[0]
+    assert main.shape == aux1.shape == aux2.shape == (2, 10)
+    no_4d = (STAGES[0][:1], STAGES[1][:1], STAGES[2][1:])
+    with pytest.raises(ValueError, match="aux_logits=True needs the modules"):
+        abstract_apply(
+            create("googlenet", aux_logits=True, stages=no_4d), (1, 32, 32, 3), train=True
+        )

@@ -30,6 +30,7 @@ and 32x32 inputs work with the same parameters.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -97,6 +98,9 @@ class GoogLeNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.2
     aux_dropout_rate: float = 0.7
+    # Table 1's modules per stage (pools between stages); a shorter table is a shallower net
+    # with the same code paths (the 8-device test uses 3a / 4a, 4d / 5b).
+    stages: Sequence[Sequence[tuple]] = STAGES
     se_ratio: int = 0  # > 0: SE-Inception, an SE gate on each module's output (Hu et al. 2018)
     dtype: Any = jnp.float32
 
@@ -116,7 +120,10 @@ class GoogLeNet(nn.Module):
         x = unit(64, 1, name="conv2")(x, train=train)
         x = lrn(unit(192, 3, 1, 1, name="conv3")(x, train=train))
         aux = []
-        for s, stage in enumerate(STAGES):
+        present = {row[0] for stage in self.stages for row in stage}
+        if self.aux_logits and not present >= set(AUX_AFTER):
+            raise ValueError(f"aux_logits=True needs the modules {AUX_AFTER} in stages")
+        for s, stage in enumerate(self.stages):
             window = 2 if tv and s == 2 else 3  # torchvision's maxpool4 is 2x2/2
             x = pool2d(x, "max", window, 2, ceil_mode=True)
             for name, c1, c3r, c3, c5r, c5, pp in stage:
