@@ -11,7 +11,8 @@ reference input size (``spec(name).input_shape``, batch 1, inference mode):
   lands a few percent below the usual convention;
 - MACs (conv+dense): the usual convention (every kernel tap at every output position,
   convolutions and matrix products only, as torchvision's GFLOPS and the papers count),
-  summed over the ``conv_general_dilated`` / ``dot_general`` ops of the forward's jaxpr;
+  summed over the ``conv_general_dilated`` / ``dot_general`` ops of the forward's jaxpr
+  by the library's counter ``cnn_arch.models.cost``;
 - the reference figures: torchvision's documented ``num_params`` and GFLOPS where it has
   the model, otherwise a reference implementation's exact count or the paper's figure
   (source cited in the last column). ``d params`` must be 0 wherever the reference count
@@ -25,19 +26,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from cnn_arch import models  # noqa: E402
+from cnn_arch.models import cost  # noqa: E402
 
 OUT = ROOT / "experiments" / "results" / "model_zoo.md"
 
@@ -172,6 +172,13 @@ REFERENCES: dict[str, Ref] = {
     "resnet44": _akamaster(658_586, "0.66M"),
     "resnet56": _akamaster(853_018, "0.85M"),
     "resnet110": _akamaster(1_727_962, "1.7M"),
+    "resnet1202": Ref(
+        19_421_274,
+        True,
+        None,
+        "derived: 6n+2 with n=200 (sum in tests/test_models_resnet_densenet.py); "
+        "He et al. 2016 Table 6: 19.4M",
+    ),
     "plain20": _plain_cifar(269_722, 20),
     "plain32": _plain_cifar(464_154, 32),
     "plain44": _plain_cifar(658_586, 44),
@@ -190,44 +197,6 @@ REFERENCES: dict[str, Ref] = {
 }
 
 
-def param_count(variables) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables.get("params", {})))
-
-
-def _sub_jaxprs(value):
-    """Jaxprs nested in an equation parameter (pjit, custom_vjp, cond branches, ...)."""
-    if hasattr(value, "eqns"):
-        yield value
-    elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-        yield value.jaxpr
-    elif isinstance(value, tuple | list):
-        for v in value:
-            yield from _sub_jaxprs(v)
-
-
-def conv_dense_macs(jaxpr) -> int:
-    """Multiply-adds of every convolution and matrix product in ``jaxpr``, counting each
-    kernel tap at each output position (padding included), the usual convention."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            taps = rhs[rhs_spec[1]] * math.prod(rhs[d] for d in rhs_spec[2:])
-            total += math.prod(eqn.outvars[0].aval.shape) * taps
-        elif name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            depth = math.prod(lhs[d] for d in lhs_contract)
-            total += math.prod(eqn.outvars[0].aval.shape) * depth
-        times = eqn.params.get("length", 1) if name == "scan" else 1
-        for value in eqn.params.values():
-            for sub in _sub_jaxprs(value):
-                total += times * conv_dense_macs(sub)
-    return total
-
-
 @dataclasses.dataclass
 class Row:
     name: str
@@ -242,15 +211,17 @@ def measure(name: str) -> Row:
     spec = models.spec(name)
     model = models.create(name)
     x = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables = cost.abstract_variables(model, spec.input_shape)
 
     def forward(variables, x):
         return model.apply(variables, x, train=False)
 
-    cost = jax.jit(forward).lower(variables, x).cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    macs = conv_dense_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
-    return Row(name, spec.input_shape, param_count(variables), cost["flops"] / 2 / 1e9, macs / 1e9)
+    xla = jax.jit(forward).lower(variables, x).cost_analysis()
+    xla = xla[0] if isinstance(xla, list | tuple) else xla
+    macs = sum(t.macs for t in cost.function_mac_terms(forward, variables, x))
+    return Row(
+        name, spec.input_shape, cost.param_count(variables), xla["flops"] / 2 / 1e9, macs / 1e9
+    )
 
 
 def _fmt_params(ref: Ref) -> str:

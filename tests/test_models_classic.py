@@ -105,8 +105,15 @@ VGG11_CONVS = (64, 128, 256, 256, 512, 512, 512, 512)  # config A
         ("vgg11", {"norm": "group"}, 132_868_840),  # GN has BN's scale+shift per channel
         ("vgg11_bn", {"conv_bias": False}, 132_868_840 - sum(VGG11_CONVS)),
         ("vgg11_bn", {"norm_position": "after"}, 132_868_840),
-        # 'input': BN on each conv's input channels (3, 64, 128, 256, 256, 512, 512, 512)
-        ("vgg11_bn", {"norm_position": "input"}, 132_863_336 + 2 * (3 + sum(VGG11_CONVS[:-1]))),
+        # 'layer_input': BN on each conv's input channels (3, 64, 128, 256, 256, 512, 512, 512)
+        (
+            "vgg11_bn",
+            {"norm_position": "layer_input"},
+            132_863_336 + 2 * (3 + sum(VGG11_CONVS[:-1])),
+        ),
+        # 'network_input': vgg11 plus one BN on the 3 input channels; 'none': vgg11
+        ("vgg11_bn", {"norm_position": "network_input"}, 132_863_336 + 2 * 3),
+        ("vgg11_bn", {"norm_position": "none"}, 132_863_336),
         ("googlenet", {}, 6_624_904),  # torchvision, aux_logits=False
         ("googlenet", {"aux_logits": True}, 13_004_888),  # torchvision, aux_logits=True
         ("inception_v1", {}, googlenet_paper_count()),  # 6,998,552

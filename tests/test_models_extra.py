@@ -29,6 +29,13 @@ def count(tree) -> int:
     "name, overrides, expected",
     [
         ("lenet5_1998", {}, 60_000),  # LeCun et al. 1998, Sec. II.B
+        # norm_position='network_input': the norm-free net (biases kept) + one norm on the
+        # input (1 channel for LeNet-5, the 784 flattened pixels for the MLP); 'none': no norm
+        ("lenet5", {"norm": "batch", "norm_position": "network_input"}, 61_706 + 2),
+        ("lenet5", {"norm": "batch", "norm_position": "none"}, 61_706),
+        # MLP 784-100-100-100-10 with biases: 78,500 + 10,100 + 10,100 + 1,010 = 99,710
+        ("mlp", {"norm": "batch", "norm_position": "network_input"}, 99_710 + 2 * 784),
+        ("mlp", {"norm": "batch", "norm_position": "none"}, 99_710),
         ("unet", {}, 31_030_658),  # paper net, 1 input channel, 2 classes, biases
         ("unet", {"norm": "batch"}, 31_036_546),  # BN scale+shift replace 5,888 biases
         ("unet_padded", {}, 31_031_810),  # 3 input channels: + 2 * 9 * 64

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,3 +216,84 @@ def test_small_densenet_runs_on_grey_28x28():
 def test_bad_options_are_clear_errors(option):
     with pytest.raises(ValueError, match=next(iter(option))):
         trace(models.create("resnet20", **option), (1, 32, 32, 3))
+
+
+def cifar_resnet_params(n: int, classes: int = 10) -> int:
+    """He et al. Sec. 4.2, option A, convs without bias + BN (scale, shift): the 3x3 stem to
+    16, stage 1 of n units at 16, stages 2-3 whose first unit widens 16->32 / 32->64."""
+    unit = lambda cin, c: 9 * cin * c + 9 * c * c + 4 * c  # noqa: E731
+    stem = 9 * 3 * 16 + 2 * 16
+    stages = n * unit(16, 16) + unit(16, 32) + (n - 1) * unit(32, 32)
+    stages += unit(32, 64) + (n - 1) * unit(64, 64)
+    return stem + stages + 64 * classes + classes
+
+
+def test_resnet1202_is_registered_with_table6_size():
+    for depth in (20, 32, 44, 56, 110):  # the formula against the traced counts above
+        assert cifar_resnet_params((depth - 2) // 6) == PARAM_COUNTS[f"resnet{depth}"]
+    spec = models.spec("resnet1202")
+    assert spec.defaults["stage_sizes"] == (200, 200, 200) and spec.defaults["shortcut"] == "A"
+    assert cifar_resnet_params(200) == 19_421_274  # He et al. Table 6: 19.4M
+
+
+@pytest.mark.slow
+def test_resnet1202_traced_count():
+    _, v = trace(models.create("resnet1202"), (1, 32, 32, 3))
+    assert n_params(v) == cifar_resnet_params(200)
+
+
+SMALL = dict(stage_sizes=(1, 1, 1))  # resnet20's code paths, one unit per stage
+
+
+def tree_shapes(variables):
+    return jax.tree.map(lambda a: a.shape, variables)
+
+
+def test_norm_position_none_and_network_input_trees():
+    _, plain = trace(models.create("resnet20", norm="none", **SMALL), (1, 32, 32, 3))
+    _, none = trace(models.create("resnet20", norm_position="none", **SMALL), (1, 32, 32, 3))
+    assert tree_shapes(none) == tree_shapes(plain)  # the network of norm='none'
+    _, inp = trace(models.create("resnet20", norm_position="network_input", **SMALL), (1, 8, 8, 3))
+    assert inp["params"]["input_norm"]["scale"].shape == (3,)
+    assert set(inp["batch_stats"]) == {"input_norm"}  # the only norm: on the raw input
+    del inp["params"]["input_norm"]
+    assert tree_shapes(inp["params"]) == tree_shapes(plain["params"])
+
+
+def _norm_inputs(model, x):
+    """The input of every BatchNorm call of one training forward, by module path."""
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            seen["/".join(context.module.path)] = args[0]
+        return next_fun(*args, **kwargs)
+
+    v = real_init(model, x)
+    with nn.intercept_methods(record):
+        model.apply(v, x, train=True, mutable=["batch_stats"])
+    return seen, v
+
+
+@pytest.mark.parametrize("preact", [False, True])
+def test_norm_position_after_puts_norm_after_the_activation(preact):
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    model = models.create("resnet20", norm_position="after", preact=preact, **SMALL)
+    seen, v = _norm_inputs(model, x)
+    after_relu = [p for p in seen if p.endswith(("bn1", "bn_final")) or "/bn1" in p]
+    assert after_relu and all(float(seen[p].min()) >= 0.0 for p in after_relu)
+    if not preact:  # the branch's last norm follows its conv (no act before the addition)
+        assert float(seen["layer1_0/bn2"].min()) < 0.0
+    # every conv keeps its bias (no norm follows one directly): one per output channel
+    before = models.create("resnet20", preact=preact, **SMALL)
+    _, v_before = trace(before, x.shape)
+    n_biases = n_params(v) - n_params(v_before)
+    conv_out = 16 + (16 + 16) + (32 + 32) + (64 + 64)  # stem + two convs per unit
+    assert n_biases == conv_out
+
+
+def test_old_norm_position_input_is_refused_with_the_new_names():
+    with pytest.raises(ValueError, match="layer_input, network_input"):
+        models.create("lenet5", norm="batch", norm_position="input")
+    with pytest.raises(ValueError, match="before, after, network_input, none$"):
+        models.create("resnet20", norm_position="layer_input")

@@ -249,22 +249,41 @@ def make_conv(dtype: Dtype = jnp.float32, **kwargs) -> ModuleDef:
     return functools.partial(nn.Conv, dtype=dtype, **kwargs)
 
 
-NORM_POSITIONS = ("before", "after", "input")
+# Where the norm layers go (``norm_position``; the BN slides' three Keras placements + two):
+# 'before' the nonlinearity (the BN paper, Sec. 3.2), 'after' it, 'layer_input': on every
+# layer's input (before its conv / dense), 'network_input': one norm on the raw input and
+# none inside (the slides' "normalize the input only"), 'none': no norm layer at all (the
+# network of norm='none').
+NORM_POSITIONS = ("before", "after", "layer_input", "network_input", "none")
 
 
 def norm_act(x, norm: ModuleDef, act: Callable, position: str, name: str):
-    """Normalization and nonlinearity in the order ``position`` asks for.
-
-    'before': BN(x) then act, as in the BN paper (Sec. 3.2); 'after': act then BN;
-    'input': only act here (the normalization is applied to the layer's input).
-    """
+    """Normalization and nonlinearity after a layer, in the order ``position`` asks for:
+    norm then act ('before'), act then norm ('after'), or act only (the positions whose
+    norms sit elsewhere or nowhere)."""
     if position == "before":
         return act(norm(name=name)(x))
     if position == "after":
         return norm(name=name)(act(x))
-    if position == "input":
+    if position in NORM_POSITIONS:
         return act(x)
     raise ValueError(f"norm_position={position!r} is not known; choose one of {NORM_POSITIONS}")
+
+
+def input_norm(x, norm: ModuleDef, position: str):
+    """The 'network_input' norm (named ``input_norm``) on the raw input; ``x`` otherwise."""
+    return norm(name="input_norm")(x) if position == "network_input" else x
+
+
+def body_norm_kind(kind: str, position: str) -> str:
+    """The norm kind of the hidden layers: none when ``position`` keeps them norm-free."""
+    return "none" if position in ("network_input", "none") else kind
+
+
+def layer_bias(kind: str, position: str) -> bool:
+    """Whether a conv / dense layer needs its bias: not when a norm follows it directly,
+    whose shift replaces it (Ioffe & Szegedy 2015, Sec. 3.2)."""
+    return not (is_normalized(kind) and position == "before")
 
 
 # --- parameter-free operations shared by several families ------------------------------

@@ -22,7 +22,7 @@ class LeNet5(nn.Module):
     num_classes: int = 10
     activation: str = "relu"
     norm: str = "none"
-    norm_position: str = "before"  # see layers.norm_act
+    norm_position: str = "before"  # see layers.NORM_POSITIONS
     dropout_rate: float = 0.0  # on the FC layers; 0 as in the paper
     dtype: Any = jnp.float32
 
@@ -37,15 +37,16 @@ class LeNet5(nn.Module):
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         # Layers directly followed by a norm do not need a bias (BN paper, Sec. 3.2).
-        use_bias = not (layers.is_normalized(self.norm) and self.norm_position == "before")
+        use_bias = layers.layer_bias(self.norm, self.norm_position)
 
         def block(x, layer, name):
-            if self.norm_position == "input":
+            if self.norm_position == "layer_input":
                 x = norm(name=f"{name}_norm")(x)
             x = layer(x)
             return layers.norm_act(x, norm, act, self.norm_position, f"{name}_norm")
 
-        x = layers.pad_to(x.astype(self.dtype), 32)
+        x = layers.input_norm(x.astype(self.dtype), norm, self.norm_position)
+        x = layers.pad_to(x, 32)
         conv = layers.make_conv(self.dtype, padding="VALID", use_bias=use_bias)
         x = block(x, conv(6, (5, 5), name="conv1"), "conv1")
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))

@@ -23,7 +23,7 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (100, 100, 100)
     activation: str = "sigmoid"
     norm: str = "none"
-    norm_position: str = "before"  # see layers.norm_act
+    norm_position: str = "before"  # see layers.NORM_POSITIONS
     init_stddev: float = 0.1
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
@@ -38,12 +38,13 @@ class MLP(nn.Module):
         options.check_fields(self)
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
-        use_bias = not (layers.is_normalized(self.norm) and self.norm_position == "before")
+        use_bias = layers.layer_bias(self.norm, self.norm_position)
         init = nn.initializers.normal(self.init_stddev)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        x = layers.input_norm(x, norm, self.norm_position)  # the 784 input features
         for i, width in enumerate(self.hidden):
             name = f"hidden{i + 1}"
-            if self.norm_position == "input":
+            if self.norm_position == "layer_input":
                 x = norm(name=f"{name}_norm")(x)
             x = nn.Dense(width, use_bias=use_bias, kernel_init=init, dtype=self.dtype, name=name)(x)
             x = layers.norm_act(x, norm, act, self.norm_position, f"{name}_norm")

@@ -17,7 +17,16 @@ nets minus the three projection shortcuts (11,515,688 / 21,623,848).
 
 CIFAR ResNets follow Sec. 4.2: 3x3 stem with 16 filters, 3 stages of n basic units at
 16/32/64 filters, depth 6n+2, option-A shortcuts; resnet20 has 269,722 parameters at
-10 classes, matching the common PyTorch reference (akamaster/pytorch_resnet_cifar10).
+10 classes, matching the common PyTorch reference (akamaster/pytorch_resnet_cifar10);
+resnet1202 (n = 200, Table 6: 19.4M) has 19,421,274.
+
+``norm_position`` (the BN slides' placements): 'before' (default) is conv-BN-ReLU;
+'after' swaps BN and ReLU wherever a ReLU follows a BN (the stem, the inner convs of a
+branch; in pre-activation units ReLU-BN-conv), while the norm after the last conv of a
+branch and after a projection, which no ReLU precedes, stays; convs then keep their
+biases. 'network_input' normalizes only the raw input (parameters ``input_norm``) and
+builds the body without norms (the network of norm='none'); 'none' is that network
+without the input norm.
 
 Pre-activation units (He et al. 2016b, "Identity Mappings", Fig. 4e) run
 norm-act-conv and leave the sum untouched; where the shortcut is a projection, and in
@@ -44,6 +53,8 @@ from cnn_arch.models.registry import register
 ModuleDef = Any
 
 SHORTCUTS = ("A", "B", "C", "none")
+# layers.NORM_POSITIONS without 'layer_input' (a residual unit has no single layer input).
+NORM_POSITIONS = ("before", "after", "network_input", "none")
 STEMS = ("imagenet", "cifar")
 VERSIONS = ("v1", "v1.5")
 
@@ -62,6 +73,7 @@ class ResidualUnit(nn.Module):
     dropout_rate: float = 0.0  # before the last conv of the branch (WRN, Sec. 2.4)
     zero_init_last: bool = False  # branch starts as zero: the unit starts as identity
     normalized: bool = True
+    norm_position: str = "before"  # 'after': act then norm wherever an act follows a norm
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -75,7 +87,7 @@ class ResidualUnit(nn.Module):
         for i, (f, k, s, g) in enumerate(self.branch, start=1):
             last = i == len(self.branch)
             if self.preact:
-                y = self.act(self.norm(name=f"bn{i}")(y))
+                y = layers.norm_act(y, self.norm, self.act, self.norm_position, f"bn{i}")
                 if i == 1 and (project or self.first):
                     x = y  # shared pre-activation (He et al. 2016b, Appendix)
             if last and self.dropout_rate:
@@ -87,11 +99,11 @@ class ResidualUnit(nn.Module):
             y = self.conv(
                 f, (k, k), (s, s), padding=k // 2, feature_group_count=g, name=f"conv{i}", **init
             )(y)
-            if not self.preact:
-                zero_bn = last and self.zero_init_last and self.normalized
+            if not self.preact and not last:
+                y = layers.norm_act(y, self.norm, self.act, self.norm_position, f"bn{i}")
+            elif not self.preact:  # no act before the addition: the norm stays after the conv
+                zero_bn = self.zero_init_last and self.normalized
                 y = self.norm(name=f"bn{i}", **({"scale_init": zeros} if zero_bn else {}))(y)
-                if not last:
-                    y = self.act(y)
         y = squeeze_excite(y, self.se_ratio, self.dtype)  # on the branch (Hu et al. Fig. 3)
         if self.shortcut != "none":
             if project:
@@ -126,6 +138,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False  # torchvision's default
     dropout_rate: float = 0.0
     norm: str = "batch"
+    norm_position: str = "before"  # see NORM_POSITIONS and the module docstring
     activation: str = "relu"
     dtype: Any = jnp.float32
 
@@ -133,6 +146,7 @@ class ResNet(nn.Module):
         "stem": STEMS,
         "shortcut": SHORTCUTS,
         "version": VERSIONS,
+        "norm_position": NORM_POSITIONS,
     }
 
     def _branch(self, planes: int, stride: int) -> tuple[tuple[int, int, int, int], ...]:
@@ -145,18 +159,26 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         options.check_fields(self)
-        norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
+        position = self.norm_position
+        # 'network_input' / 'none': the body is the norm-free net, position as 'before'
+        kind = layers.body_norm_kind(self.norm, position)
+        body_position = "after" if position == "after" else "before"
+        norm = layers.make_norm(kind, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
-        normalized = layers.is_normalized(self.norm)
+        normalized = layers.is_normalized(kind)
         conv = layers.make_conv(
-            self.dtype, use_bias=not normalized, kernel_init=layers.kaiming_normal_fan_out
+            self.dtype,
+            use_bias=layers.layer_bias(kind, body_position),
+            kernel_init=layers.kaiming_normal_fan_out,
         )
 
         x = x.astype(self.dtype)
+        input_norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
+        x = layers.input_norm(x, input_norm, position)
         k, s = (7, 2) if self.stem == "imagenet" else (3, 1)
         x = conv(self.stem_width, (k, k), (s, s), padding=k // 2, name="conv1")(x)
         if not self.preact:  # pre-activation nets normalize in the first unit instead
-            x = act(norm(name="bn1")(x))
+            x = layers.norm_act(x, norm, act, body_position, "bn1")
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -174,11 +196,12 @@ class ResNet(nn.Module):
                     dropout_rate=self.dropout_rate,
                     zero_init_last=self.zero_init_residual,
                     normalized=normalized,
+                    norm_position=body_position,
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
         if self.preact:
-            x = act(norm(name="bn_final")(x))
+            x = layers.norm_act(x, norm, act, body_position, "bn_final")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
@@ -207,10 +230,12 @@ register("resnext101_32x8d", ResNet, **IMAGENET_DEPTHS[101], groups=32, width_pe
 register("wide_resnet50_2", ResNet, **IMAGENET_DEPTHS[50], width_per_group=128)
 register("wide_resnet101_2", ResNet, **IMAGENET_DEPTHS[101], width_per_group=128)
 
-for _depth in (20, 32, 44, 56, 110):
+# Sec. 4.2 and Table 6; the paper trains plain nets up to 56 layers (Fig. 6), 110 here too.
+for _depth in (20, 32, 44, 56, 110, 1202):
     _n = (_depth - 2) // 6
     register(f"resnet{_depth}", ResNet, **CIFAR, stage_sizes=(_n,) * 3, shortcut="A")
-    register(f"plain{_depth}", ResNet, **CIFAR, stage_sizes=(_n,) * 3, shortcut="none")
+    if _depth <= 110:
+        register(f"plain{_depth}", ResNet, **CIFAR, stage_sizes=(_n,) * 3, shortcut="none")
 register("preact_resnet110", ResNet, **CIFAR, stage_sizes=(18,) * 3, shortcut="A", preact=True)
 # ResNet-164 of "Identity Mappings" (Sec. 4): pre-activation bottlenecks, 16/64/128/256
 # filters, stride in the first 1x1 and projections where the shape changes, as in

@@ -41,7 +41,7 @@ class VGG(nn.Module):
     cfg: str = "D"
     num_classes: int = 1000
     norm: str = "none"
-    norm_position: str = "before"  # see layers.norm_act
+    norm_position: str = "before"  # see layers.NORM_POSITIONS
     conv_bias: bool = True  # torchvision keeps them even with BN
     activation: str = "relu"
     dropout_rate: float = 0.5
@@ -68,7 +68,7 @@ class VGG(nn.Module):
         dense = functools.partial(
             nn.Dense, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype
         )
-        x = x.astype(self.dtype)
+        x = layers.input_norm(x.astype(self.dtype), norm, self.norm_position)
         stage, i = 1, 1
         for v in CFGS[self.cfg]:
             if v == "M":
@@ -76,7 +76,7 @@ class VGG(nn.Module):
                 stage, i = stage + 1, 1
                 continue
             name = f"conv{stage}_{i}"
-            if self.norm_position == "input":
+            if self.norm_position == "layer_input":
                 x = norm(name=f"{name}_norm")(x)
             x = layers.norm_act(
                 conv(v, name=name)(x), norm, act, self.norm_position, f"{name}_norm"
