@@ -8,6 +8,7 @@ under its name. Kinds: ``running`` (the network as trained, BN running averages)
 convolutions). A new kind is one module with ``@register``.
 """
 
+from cnn_arch.evaluators import activations as _activations  # noqa: F401  (Fig. 1b,c)
 from cnn_arch.evaluators import bn as _bn  # noqa: F401  (registers population, folded)
 from cnn_arch.evaluators import running as _running  # noqa: F401  (registers running)
 from cnn_arch.evaluators.base import Evaluator, build_all, check, kinds, register

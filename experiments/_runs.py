@@ -1,0 +1,91 @@
+"""What the paper-reproduction experiments share: training many configs with the
+library's loop (``cnn_arch.train.train_and_evaluate``), a few at a time, and reading
+back the metrics.jsonl rows each run wrote.
+
+A job is ``(workdir, config)``. With ``workers > 1`` the jobs run in that many spawned
+processes (each its own JAX runtime, one CPU core's worth of work for small nets);
+otherwise one after another in this process. A finished workdir is not retrained: the
+loop sees its last checkpoint at ``num_train_steps`` and returns at once, so a killed
+experiment reruns only what is missing.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import ml_collections  # noqa: F401  (the configs jobs carry)
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
+
+
+def default_data_dir() -> str:
+    """$TFDS_DATA_DIR, else the prepared datasets next to the repository."""
+    return os.environ.get("TFDS_DATA_DIR") or str(ROOT.parent / "shared" / "tensorflow_datasets")
+
+
+def _train_one(workdir: str, config_json: str) -> tuple[str, float]:
+    """Runs in a worker: trains one config; returns (workdir, wall seconds)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging
+
+    from cnn_arch import schema, train
+
+    logging.set_verbosity(logging.WARNING)
+    config = schema.default_config()  # the keys' declared types, as run.load_config does
+    config.update(json.loads(config_json))
+    t0 = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    return workdir, time.perf_counter() - t0
+
+
+def train_all(
+    jobs: list[tuple[str, ml_collections.ConfigDict]], workers: int = 1, log=print
+) -> dict[str, float]:
+    """Trains every ``(workdir, config)``; returns each workdir's wall seconds."""
+    walls: dict[str, float] = {}
+    payload = [(w, c.to_json()) for w, c in jobs]
+    if workers <= 1:
+        for w, c in payload:
+            walls[w] = _train_one(w, c)[1]
+            log(f"  done {os.path.basename(w)} in {walls[w]:.0f} s")
+        return walls
+    context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per worker
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_train_one, w, c) for w, c in payload]
+        for future in concurrent.futures.as_completed(futures):
+            w, seconds = future.result()
+            walls[w] = seconds
+            log(f"  done {os.path.basename(w)} in {seconds:.0f} s")
+    return walls
+
+
+def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
+    """metrics.jsonl as {split: {step: row}}; a resumed run's later rows win."""
+    rows: dict[str, dict[int, dict]] = collections.defaultdict(dict)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                row = json.loads(line)
+                rows[row["split"]][int(row["step"])] = row
+    return {split: dict(sorted(by_step.items())) for split, by_step in rows.items()}
+
+
+def series(rows: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric of one split, in step order."""
+    steps = sorted(rows)
+    return steps, [float(rows[s][key]) for s in steps]
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python experiments/{script}", *args])
