@@ -344,3 +344,40 @@ def test_googlenet_shallow_stages_keep_aux_heads():
         abstract_apply(
             create("googlenet", aux_logits=True, stages=no_4d), (1, 32, 32, 3), train=True
         )
+
+
+def test_bn_inception_variants_do_not_reach_the_papers_13_6m():
+    """The variants of bn_inception.py's docstring, recounted: none gives the Appendix's 13.6M."""
+    import itertools
+
+    from cnn_arch.models.bn_inception import MODULES
+
+    base = bn_inception_count()
+    five_by_five = sum(
+        25 * r * d - (9 * r * d + 9 * d * d + 2 * d) for *_, r, d, _, _, _ in MODULES
+    )
+
+    def aux_head(cin):  # GoogLeNet Sec. 5 with BN: 1x1 conv 128 (+BN), FC 2048->1024, FC 1000
+        return conv(cin, 128, bias=False, bn=True) + 2048 * 1024 + 1024 + 1024 * 1000 + 1000
+
+    variants = {
+        "plain_stem": bn_inception_count() - 1176 - 1536 + 9408 - base,
+        "no_bn": bn_inception_count(bn=False) - base,
+        "5x5": five_by_five,
+        "aux_4a": aux_head(576),
+        "aux_4d": aux_head(608),
+    }
+    assert variants == {
+        "plain_stem": 6_696, "no_bn": -10_016, "5x5": 953_216,
+        "aux_4a": 3_197_160, "aux_4d": 3_201_256,
+    }  # fmt: skip
+    import cnn_arch.models.bn_inception as module
+
+    for v in variants.values():
+        assert f"{abs(v):,}" in " ".join(module.__doc__.split())  # the docstring's figures
+    totals = [
+        base + sum(combo)
+        for n in range(len(variants) + 1)
+        for combo in itertools.combinations(variants.values(), n)
+    ]
+    assert min(abs(t - 13.6e6) for t in totals) > 0.5e6

@@ -19,6 +19,17 @@ learning rate x5 / x30); 'BN-x5-Sigmoid' uses sigmoid. The other Sec. 4.2.1 chan
 (weight decay / 5, faster decay, less distortion) belong to the training config.
 Convs followed by BN have no bias (Sec. 3.2); without BN they have one.
 
+Parameters: 11,278,528 at 1000 classes; the paper's Appendix says 13.6M for a network
+"other than the top softmax layer" without fully-connected layers. Counting the
+variants the text leaves open (``tests/test_models_classic.py`` recounts them): the
+plain 7x7 stem instead of the separable one +6,696; biases instead of BN -10,016; one
+5x5 conv in place of each double 3x3 at the table's widths +953,216 (12,231,744: at
+these widths two 3x3 convs are smaller than one 5x5; the paper's "+25%" compares with
+GoogLeNet's narrower 5x5 branches); GoogLeNet's auxiliary heads (1x1 conv 128, FC
+1024, FC 1000) after 4a and 4d +3,197,160 and +3,201,256. No subset of these is
+within 0.5M of 13.6M (the nearest: 12,231,744 and one head, 14,475,688, which the
+quoted sentence rules out), so the 2.3M gap is not explained by Figure 5 as printed.
+
 Padding: stride-1 layers keep the size; stride-2 layers inside modules use TF 'SAME'
 (output ceil(H/2), so conv and pool branches agree at any size); stem pools use
 Caffe/PyTorch ceil mode and never shrink a map below 1x1. The head is a global mean,
