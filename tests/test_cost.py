@@ -156,3 +156,19 @@ def test_1x1_conv_is_a_dense_layer_on_every_pixel():
         for m, v in ((conv, conv_v), (dense, dense_v))
     ]
     assert macs == [2 * 5 * 7 * 6 * 4] * 2
+
+
+@pytest.mark.slow
+def test_architecture_claims_experiment():
+    spec = importlib.util.spec_from_file_location(
+        "architecture_claims", ROOT / "experiments" / "architecture_claims.py"
+    )
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    r = experiment.run()
+    assert r["models"]["alexnet"]["params"] == 61_100_840
+    assert r["models"]["lenet5"]["macs"] == 416_520
+    params_claim = r["claims"][1]
+    ratio = {(p["num"], p["den"]): p["ratio"] for p in params_claim["pairs"]}
+    assert ratio[("alexnet", "lenet5")] == pytest.approx(61_100_840 / 61_706)
+    assert not any(p["holds"] for p in params_claim["pairs"])  # ~990x, not 10x
