@@ -1,13 +1,19 @@
-"""Orbax checkpoints of the whole train state: save, keep the last N, resume.
+"""Orbax checkpoints of the whole train state: save, keep the last N, resume, verify.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a
-process killed mid-save leaves the previous checkpoints intact. A latest checkpoint
-that still cannot be read (corrupted on disk) is reported with its path and the
-previous one is used instead.
+process killed mid-save leaves the previous checkpoints intact. Once a step is
+committed its files' SHA-256 sums are written to ``checksums/<step>.json`` next to it
+and verified on restore. A latest checkpoint that cannot be read, or whose bytes no
+longer match its sums, is reported with its path, moved aside, and the previous one
+is used instead. A checkpoint folder that cannot be written (read-only, disk full) is
+a ``StorageError`` naming the path and the cause; the checkpoints before it stay.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -19,9 +25,57 @@ from absl import logging
 from cnn_arch.errors import UserError
 
 
+class StorageError(UserError):
+    """The checkpoint folder cannot be written (read-only, full, gone)."""
+
+    exit_code = 6
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost OS-level reason of a (possibly wrapped, multi-line) save failure."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
+        seen = seen.__cause__ or seen.__context__
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    for marker in ("No space left on device", "Read-only file system", "Permission denied"):
+        if marker in str(e):
+            return marker
+    return text[:300]
+
+
+def _probe_writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        raise StorageError(f"cannot write checkpoints to {directory}: {_cause(e)}") from None
+
+
+def _file_sums(root: str) -> dict[str, str]:
+    sums = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            sums[os.path.relpath(path, root)] = digest.hexdigest()
+    return sums
+
+
 class Checkpoints:
     def __init__(self, directory: str, keep: int):
         self.directory = os.path.abspath(directory)
+        self.sums_dir = os.path.join(os.path.dirname(self.directory), "checksums")
+        if jax.process_index() == 0:
+            _probe_writable(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -35,11 +89,69 @@ class Checkpoints:
         return os.path.join(self.directory, str(step))
 
     def save(self, step: int, state) -> None:
-        """Starts an asynchronous save; ``wait`` blocks until it is committed."""
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        """Starts an asynchronous save; ``wait`` blocks until it is committed. A failure
+        (of this save or of the previous one, still in flight) is a StorageError."""
+        self.wait()  # the previous save (Orbax would wait for it too); then sum it
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        except Exception as e:  # noqa: BLE001 - whatever Orbax raises, the cause is storage
+            raise self._storage_error(step, e) from None
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._storage_error(None, e) from None
+        self._write_sums()
+
+    def _storage_error(self, step: int | None, e: BaseException) -> StorageError:
+        last = self._committed_steps()
+        where = self.path(step) if step is not None else self.directory
+        kept = f"the last committed checkpoint is {self.path(last[-1])}" if last else "none"
+        return StorageError(
+            f"cannot write checkpoint {where}: {_cause(e)}; {kept}; free the space or fix the "
+            "folder, then rerun the same command to resume"
+        )
+
+    def _committed_steps(self) -> list[int]:
+        try:
+            self._manager.reload()
+            return sorted(self._manager.all_steps())
+        except Exception:  # noqa: BLE001 - only used to word an error message
+            return []
+
+    def _write_sums(self) -> None:
+        """SHA-256 of every file of each committed step that has no sums yet (process 0;
+        called when no save is in flight)."""
+        if jax.process_index() != 0:
+            return
+        steps = self._manager.all_steps()
+        try:
+            os.makedirs(self.sums_dir, exist_ok=True)
+            for step in steps:
+                target = os.path.join(self.sums_dir, f"{step}.json")
+                if not os.path.exists(target):
+                    tmp = f"{target}.tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(_file_sums(self.path(step)), f)
+                    os.replace(tmp, target)
+            for name in os.listdir(self.sums_dir):  # sums of checkpoints Orbax deleted
+                if name.endswith(".json") and int(name[:-5]) not in steps:
+                    os.remove(os.path.join(self.sums_dir, name))
+        except OSError as e:
+            raise StorageError(f"cannot write checksums to {self.sums_dir}: {_cause(e)}") from None
+
+    def _verify(self, step: int) -> None:
+        """Raises ValueError naming a file whose bytes changed since it was committed."""
+        target = os.path.join(self.sums_dir, f"{step}.json")
+        if not os.path.exists(target):
+            return  # written by an older version, or killed before its sums were written
+        with open(target) as f:
+            want = json.load(f)
+        got = _file_sums(self.path(step))
+        for name, digest in want.items():
+            if got.get(name) != digest:
+                raise ValueError(f"{name} does not match its SHA-256 in {target}")
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a multi-host preemption notice has reached ``step``."""
@@ -59,6 +171,7 @@ class Checkpoints:
         for step in steps:
             try:
                 _check_shapes(self._manager.item_metadata(step), abstract, self.path(step))
+                self._verify(step)
                 return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except UserError:
                 raise
@@ -86,6 +199,9 @@ class Checkpoints:
         os.makedirs(dest_dir, exist_ok=True)
         dest = os.path.join(dest_dir, f"{step}-{int(time.time())}")
         shutil.move(self.path(step), dest)
+        sums = os.path.join(self.sums_dir, f"{step}.json")
+        if os.path.exists(sums):
+            shutil.move(sums, os.path.join(dest, "checksums.json"))
         self._manager.reload()
         return dest
 

@@ -17,3 +17,9 @@ class Preempted(UserError):
     """SIGTERM/SIGINT arrived; a checkpoint of the current step was committed."""
 
     exit_code = 4
+
+
+class EvalFailed(UserError):
+    """An evaluator failed; the training progress was committed first."""
+
+    exit_code = 7

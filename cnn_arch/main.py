@@ -7,6 +7,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
@@ -27,18 +28,46 @@ _model_options: dict[str, object] = {}
 
 
 class _OwnInfoOnly(std_logging.Filter):
-    """INFO lines from cnn_arch only; libraries (Orbax, JAX) speak at WARNING and up."""
+    """INFO lines from cnn_arch only; libraries (Orbax, JAX) speak at WARNING and up,
+    in one line each: the failure they report reaches the user as cnn_arch's own
+    ``error:`` line, not as a library traceback."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}cnn_arch{os.sep}" in (
-            record.pathname
-        )
+        if f"{os.sep}cnn_arch{os.sep}" in record.pathname:
+            return True
+        if record.levelno < std_logging.WARNING:
+            return False
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.msg, record.args = " ".join(record.getMessage().split())[:300], None
+        return True
+
+
+def _thread_failure(args: threading.ExceptHookArgs) -> None:
+    """A library's background thread (e.g. an Orbax save) failing: one warning line;
+    the loop turns the failure itself into an ``error:`` line."""
+    logging.warning(
+        "background thread %s failed: %s: %s",
+        args.thread.name if args.thread else "?",
+        args.exc_type.__name__,
+        " ".join(str(args.exc_value).split())[:300],
+    )
+
+
+def _quiet_closed_loop(exc_type, exc, tb) -> None:
+    """After a failed async save, Orbax's storage callbacks can fire into an event loop
+    that is already closed; each prints 'Event loop is closed' through sys.excepthook.
+    They carry nothing the ``error:`` line does not; anything else prints as usual."""
+    if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    threading.excepthook = _thread_failure
+    sys.excepthook = _quiet_closed_loop
     parallel.initialize_distributed()
     try:
         train.train_and_evaluate(_load_config(), _WORKDIR.value)

@@ -119,9 +119,47 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     model = models.create(
         config.model, num_classes=info.num_classes, dtype=dtype, **config.model_kwargs
     )
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if warmup >= total_steps:
+        raise UserError(
+            f"config.warmup_epochs={config.warmup_epochs} is {warmup} steps, not shorter than "
+            f"the run's {total_steps}: the learning rate would never reach its peak"
+        )
+    _check_input_fits(model, config, info.image_shape)
     schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, schedule)
     return Run(config, mesh, info, model, task, schedule, tx, steps_per_epoch, total_steps)
+
+
+def _check_input_fits(model: nn.Module, config, image_shape) -> None:
+    """UserError when an input smaller than the model's reference leaves a layer with an
+    empty output (e.g. ``image_size=1``), which would otherwise show up as a NaN loss.
+    Traced abstractly (``jax.eval_shape``): nothing is compiled or computed."""
+    reference = models.spec(config.model).input_shape
+    if min(image_shape[:2]) >= min(reference[:2]):
+        return
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    try:
+        _, variables = jax.eval_shape(
+            lambda x: model.init_with_output(
+                jax.random.PRNGKey(0), x, train=False, capture_intermediates=True
+            ),
+            x,
+        )
+    except Exception as e:  # noqa: BLE001 - a shape error from a too-small input
+        raise UserError(
+            f"{config.model!r} cannot take {image_shape[0]}x{image_shape[1]} inputs "
+            f"(image_size={config.image_size}): {' '.join(str(e).split())[:200]}"
+        ) from None
+    flat = jax.tree_util.tree_flatten_with_path(variables.get("intermediates", {}))[0]
+    for path, leaf in flat:
+        if 0 in leaf.shape:
+            layer = "/".join(str(getattr(k, "key", k)) for k in path[:-2])
+            raise UserError(
+                f"{config.model!r} cannot take {image_shape[0]}x{image_shape[1]} inputs "
+                f"(image_size={config.image_size}): layer {layer} has an empty output "
+                f"{tuple(leaf.shape)}; its reference input is {reference[0]}x{reference[1]}"
+            )
 
 
 def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
