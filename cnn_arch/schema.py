@@ -184,6 +184,13 @@ GROUPS: dict[str, list[Key]] = {
             choice("stop", "skip"),
         ),
         Key(
+            "allow_config_change",
+            False,
+            "resume although a key that changes the experiment (model, data, batch, seed, "
+            "optimizer, a cosine run's length) differs from the workdir's `config.json`",
+            boolean,
+        ),
+        Key(
             "max_skipped_fraction",
             0.5,
             "`skip`: stop (exit 3) when more of a log window's updates are skipped",

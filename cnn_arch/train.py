@@ -19,9 +19,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnn_arch import checkpoint, evaluators, metrics
+from cnn_arch import checkpoint, evaluators, metrics, optim
 from cnn_arch import run as run_lib
-from cnn_arch.errors import Diverged, Preempted, UserError
+from cnn_arch import workdir as workdir_lib
+from cnn_arch.data import DataError
+from cnn_arch.errors import Diverged, EvalFailed, Preempted, UserError
 from cnn_arch.steps import TrainState, create_train_state, eval_step, train_step
 
 __all__ = [
@@ -119,7 +121,11 @@ class Loop:
         multi = jax.process_count() > 1
         with StopSignals(multi_process=multi) as stop:
             for step in range(self.start_step + 1, self.total_steps + 1):
-                batch = self._first_batch if step == self.start_step + 1 else next(batches)
+                try:
+                    batch = self._first_batch if step == self.start_step + 1 else next(batches)
+                except DataError:
+                    self.save_progress(step - 1)
+                    raise
                 self.state, step_metrics = train_step(self.state, batch)
                 self.window.append((step, step_metrics))
                 self.unchecked += 1
@@ -220,11 +226,30 @@ class Loop:
             self.ckpts.save(step, self.state)
         self.last_saved = step
 
+    def save_progress(self, step: int) -> None:
+        """Commits ``step`` before the loop exits on a data or evaluator failure."""
+        if step > (self.last_saved or 0) and step > self.start_step:
+            self.checkpoint(step)
+        self.ckpts.wait()
+
     def evaluate(self, evaluator: evaluators.Evaluator, step: int) -> None:
         self.check_finite()
         jax.block_until_ready(self.state)
-        with self.chrono.paused(f"eval:{evaluator.name}"):
-            result = evaluator(self.state)
+        try:
+            with self.chrono.paused(f"eval:{evaluator.name}"):
+                result = evaluator(self.state)
+        except DataError:
+            self.save_progress(step)
+            raise
+        except Exception as e:  # noqa: BLE001 - any evaluator bug must not lose training
+            self.save_progress(step)
+            cause = " ".join(str(e).split())[:300] or type(e).__name__
+            raise EvalFailed(
+                f"evaluator {evaluator.name!r} failed at step {step} ({type(e).__name__}: "
+                f"{cause}); training up to step {step} is committed in "
+                f"{self.ckpts.path(self.last_saved)}; fix config.evals.{evaluator.name} and "
+                "rerun to resume"
+            ) from e
         self.results[evaluator.name] = result
         self.writer.write(step, evaluator.name, result)
         shown = " | ".join(
@@ -252,21 +277,76 @@ class Loop:
         self.writer.close()
 
 
+def _on_process_zero(fn, what: str):
+    """Runs ``fn`` on process 0 only; every process raises if it failed there, so no
+    process is left waiting in a collective for one that exited."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            error = UserError(f"{what} failed on process 0 (see its error)")
+    if error is not None:
+        raise error
+
+
+def _lr_jump(run: run_lib.Run, old: dict, step: int) -> str:
+    """What the learning rate would do at ``step`` if the run's length changed."""
+    previous = ml_collections.ConfigDict(run.config.to_dict())
+    previous.num_train_steps = old.get("num_train_steps", previous.num_train_steps)
+    previous.num_epochs = old.get("num_epochs", previous.num_epochs)
+    old_total = run_lib.total_train_steps(previous, run.steps_per_epoch)
+    old_lr = optim.make_schedule(previous, run.steps_per_epoch, old_total)(step)
+    return (
+        f"; at the resumed step {step} the {run.config.schedule} rate would jump from "
+        f"{float(old_lr):.4g} to {float(run.schedule(step)):.4g}"
+    )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, mesh=None
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and
     returns the final metrics of the first evaluator (``eval`` by default).
 
-    Raises UserError for a bad config, dataset or workdir; Diverged when the loss or
-    gradient norm becomes non-finite (nothing non-finite is saved); Preempted after
-    committing a checkpoint when SIGTERM/SIGINT/SIGHUP arrives.
+    Raises UserError for a bad config, dataset or workdir (or a workdir another run
+    holds, or a config change that would break the resumed run); Diverged when the
+    loss or gradient norm becomes non-finite (nothing non-finite is saved); Preempted
+    after committing a checkpoint when SIGTERM/SIGINT/SIGHUP arrives; StorageError
+    when checkpoints cannot be written; DataError / EvalFailed after committing the
+    progress when the data cannot be read or an evaluator fails.
     """
     run = run_lib.build(config, mesh)
     _prepare_workdir(workdir)
+    lock = workdir_lib.WorkdirLock(workdir)
+    _on_process_zero(lock.acquire, "taking the workdir lock")
+    try:
+        return _train_locked(run, workdir)
+    finally:
+        lock.release()
+
+
+def _train_locked(run: run_lib.Run, workdir: str) -> dict[str, float]:
+    config = run.config
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     final_path = os.path.join(workdir, "final_eval.json")
     try:
+        latest = ckpts.latest_step()
+        _on_process_zero(
+            lambda: workdir_lib.record_config(
+                workdir,
+                config,
+                resuming=latest is not None,
+                describe_jump=lambda old: _lr_jump(run, old, latest),
+            ),
+            "checking the config against the workdir's",
+        )
         state = ckpts.restore_latest(run.init_state())
         if state is None:
             state = run.init_state()
@@ -282,9 +362,6 @@ def train_and_evaluate(
                 return {}
             with open(final_path) as f:
                 return json.load(f)
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2, sort_keys=True))
         logging.info(
             "Training %s (%s) on %s: %d steps (%d per epoch), global batch %d on %d devices.",
             config.model,

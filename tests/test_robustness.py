@@ -220,7 +220,7 @@ def _bad_input_cases(tmp, data_dir, lenet_run):
         ("batch not divisible by devices", tmp / "w18", [*ok, "--config.batch_size=12"], eight,
          "divisible by the 8 devices"),
         ("checkpoint of another model", lenet_run, [*ok, "--config.model=mlp"], None,
-         "different model"),
+         "model: 'lenet5' -> 'mlp'"),
         ("bad model option", tmp / "w19", [*ok, "--config.model_kwargs.norm=batchh"], None,
          "norm='batchh' is not allowed for lenet5: choose one of batch,"),
         ("unknown model option", tmp / "w20", [*ok, "--config.model_kwargs.nrm=batch"], None,
