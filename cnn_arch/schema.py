@@ -124,6 +124,14 @@ GROUPS: dict[str, list[Key]] = {
             "`default` = the dataset's standard recipe, or `none`",
             choice("default", "none"),
         ),
+        Key(
+            "train_pp",
+            "",
+            "training preprocessing spec, e.g. `'pad_crop(4)\\|flip_lr\\|normalize'` (ops: "
+            "`cnn_arch.data.pp`); `''` = the dataset's default recipe",
+            string,
+        ),
+        Key("eval_pp", "", "eval preprocessing spec; `''` = the dataset's default", string),
         Key("image_size", 224, "crop side for variable-size images (ImageNet)", positive),
         Key("shuffle_buffer", 50_000, "examples in the shuffle buffer", positive),
         Key("cache", True, "cache decoded examples in host memory (small datasets)", boolean),

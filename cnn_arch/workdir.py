@@ -37,6 +37,7 @@ RESUME_KEYS = (
     "train_split",
     "num_classes",
     "augment",
+    "train_pp",
     "image_size",
     "batch_size",
     "seed",
