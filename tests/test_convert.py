@@ -49,7 +49,8 @@ ALL += ["squeezenet1_0", "squeezenet1_1", *SHUFFLENETS]
 # resnet50 covers resnet18's 3x3/2 too) and in train mode; -m slow runs every model.
 NON_SQUARE_DEFAULT = {"alexnet", "vgg11_bn", "googlenet_aux", "resnet50"}
 NON_SQUARE_DEFAULT |= {"densenet121", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0"}
-TRAIN_DEFAULT = {"vgg11_bn", "googlenet_aux", "resnet50", "densenet121", "shufflenet_v2_x0_5"}
+# Train mode: GoogLeNet (its aux heads, BN eps 1e-3), a bottleneck ResNet, ShuffleNet.
+TRAIN_DEFAULT = {"googlenet_aux", "resnet50", "shufflenet_v2_x0_5"}
 BN_FREE = {"alexnet", "squeezenet1_0", "squeezenet1_1"} | {v for v in VGGS if "_bn" not in v}
 
 # densenet.py pools its transitions with 'SAME' padding, torchvision with a floor-mode
@@ -363,7 +364,9 @@ def test_cli_writes_a_checkpoint_that_loads_back(torch, resnet18_state, tmp_path
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "resnet18 (num_classes=1000): 11,689,512 params, 9,600 batch_stats" in run.stdout
+    assert "resnet18 (num_classes=1000) from r18.safetensors: 11,689,512 params, 9,600 batch_" in (
+        run.stdout
+    )
 
     expected = from_torchvision("resnet18", resnet18_state)
     for out, source in (("a", pth), ("b", st)):
@@ -373,6 +376,26 @@ def test_cli_writes_a_checkpoint_that_loads_back(torch, resnet18_state, tmp_path
         assert record["model"] == "resnet18" and record["model_kwargs"] == {"num_classes": 1000}
         assert record["counts"] == {"params": 11_689_512, "batch_stats": 9_600}
         assert len(record["dropped"]["tensors"]) == 20
+
+
+def test_cli_recognizes_published_weights(torch, resnet18_state, tmp_path, monkeypatch, capsys):
+    """A file whose sha256 starts with a published file's prefix is named in the record,
+    with its documented top-1 and eval resize, and refused for another model."""
+    from cnn_arch.convert import published
+
+    weights = tmp_path / "w.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in resnet18_state.items()}, weights)
+    prefix = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
+    fake = published.Published("resnet18", "ResNet18_Weights.TEST", 232, 12.5, 25.0)
+    monkeypatch.setitem(published.PUBLISHED, prefix, fake)
+    assert cli.main(["--model=resnet34", f"--weights={weights}", f"--out={tmp_path / 'x'}"]) == 2
+    assert "is torchvision's ResNet18_Weights.TEST, not resnet34" in capsys.readouterr().err
+    assert cli.main(["--model=resnet18", f"--weights={weights}", f"--out={tmp_path / 'y'}"]) == 0
+    assert "from ResNet18_Weights.TEST (top-1 12.5%)" in capsys.readouterr().out
+    record = provenance(tmp_path / "y")
+    assert record["torchvision_weights"]["top1"] == 12.5
+    assert record["preprocessing"]["resize"] == 232
+    assert published.identify("0676ba61" + "0" * 56).weights == "ResNet50_Weights.IMAGENET1K_V1"
 
 
 @pytest.mark.parametrize(

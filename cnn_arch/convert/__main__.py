@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cnn_arch.convert import state_dict, store  # noqa: E402
+from cnn_arch.convert import published, state_dict, store  # noqa: E402
 from cnn_arch.errors import UserError  # noqa: E402
 
 
@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.abspath(args.out)
         if os.path.exists(out) and os.listdir(out):
             raise UserError(f"--out={out} exists and is not empty; choose a new directory")
-        result = state_dict.convert(args.model, args.weights, args.num_classes, aux_logits=aux)
         weights = os.path.abspath(args.weights)
+        digest = store.sha256(weights) if os.path.isfile(weights) else ""
+        known = published.identify(digest) if digest else None
+        if known and known.model != args.model:
+            raise UserError(f"{weights} is torchvision's {known.weights}, not {args.model}")
+        result = state_dict.convert(args.model, weights, args.num_classes, aux_logits=aux)
         record = store.save_converted(
             out,
             result.variables,
@@ -56,22 +60,25 @@ def main(argv: list[str] | None = None) -> int:
                 "model": args.model,
                 "model_kwargs": result.model_kwargs,
                 "source": weights,
-                "source_sha256": store.sha256(weights),
+                "source_sha256": digest,
+                # Recognized published weights: their name and documented accuracy.
+                "torchvision_weights": known._asdict() if known else None,
                 "torchvision_version": store.torchvision_version(),
                 "dropped": {
                     "tensors": list(result.dropped),
                     "why": "num_batches_tracked only drives PyTorch's momentum=None average; "
                     "aux heads only when --aux_logits=false",
                 },
-                "preprocessing": store.preprocessing(args.model),
+                "preprocessing": store.preprocessing(args.model, known.resize if known else 256),
             },
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     counts = ", ".join(f"{n:,} {c}" for c, n in record["counts"].items())
+    source = f"{known.weights} (top-1 {known.top1}%)" if known else os.path.basename(weights)
     print(
-        f"{args.model} ({state_dict.describe(result.model_kwargs)}): {counts}; "
+        f"{args.model} ({state_dict.describe(result.model_kwargs)}) from {source}: {counts}; "
         f"dropped {len(result.dropped)} tensors; wrote {out}"
     )
     return 0

@@ -41,17 +41,17 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def preprocessing(model: str) -> dict[str, Any]:
-    """The input torchvision's published weights for ``model`` expect."""
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    note = "torchvision eval transform: resize shorter side to 256 (bilinear), centre crop 224"
+def preprocessing(model: str, resize: int = 256) -> dict[str, Any]:
+    """The input torchvision's published weights for ``model`` expect: the shorter side
+    resized to ``resize`` (bilinear, antialiased), a centre 224 crop, mean/std on [0, 1]."""
+    mean, std, note = IMAGENET_MEAN, IMAGENET_STD, "torchvision's ImageClassification transform"
     if model == "googlenet":
         # Its weights were ported from TensorFlow and torchvision builds the pretrained
         # model with transform_input=True, which turns ImageNet-normalized input into
         # (x - 0.5) / 0.5; our GoogLeNet has no such step, so feed that directly.
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         note += "; GoogLeNet: torchvision's transform_input maps inputs to (x - 0.5) / 0.5"
-    return {"resize": 256, "crop": 224, "mean": mean, "std": std, "scale": "[0, 1]", "note": note}
+    return {"resize": resize, "crop": 224, "mean": mean, "std": std, "note": note}
 
 
 def torchvision_version() -> str | None:
