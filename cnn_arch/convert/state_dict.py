@@ -5,7 +5,7 @@ Layouts: torch convs are OIHW, ours (Flax) HWIO; torch linears are (out, in), ou
 map in (C, H, W) order in torch and (H, W, C) in our NHWC nets, so its rows are
 permuted. BatchNorm weight/bias/running_mean/running_var become scale/bias/mean/var;
 the epsilon is not stored and is the same by construction (torchvision's 1e-5,
-GoogLeNet's 1e-3; tests/test_convert.py checks it numerically).
+GoogLeNet's 1e-3; tests/test_convert.py checks both the values and the outputs).
 ``num_batches_tracked`` is dropped on purpose: it only drives PyTorch's
 ``momentum=None`` cumulative average, which neither torchvision's training nor our
 BatchNorm uses. Every other tensor must find its place, and every place its tensor
@@ -260,7 +260,7 @@ def from_torchvision(
     or ``.safetensors`` file. ``num_classes`` defaults to the checkpoint's; another
     value is an error naming the classifier tensor (re-initializing a head is the
     fine-tuning code's job). ``aux_logits`` (GoogLeNet only) defaults to whether the
-    checkpoint has the auxiliary heads; False leaves them out. Build the model with
-    ``models.create(model_name, **model_kwargs(model_name, read_state_dict(...)))``.
+    checkpoint has the auxiliary heads; False leaves them out. ``convert`` returns the
+    same variables with the ``models.create`` options they fit (``model_kwargs``).
     """
     return convert(model_name, state_dict_or_path, num_classes, aux_logits=aux_logits).variables
