@@ -56,6 +56,7 @@ def network_config(network: str, args, *, seed: int, lr: float, steps: int, swee
     c.learning_rate = lr
     c.num_train_steps = steps
     c.checkpoint_every_steps = steps
+    c.shuffle_buffer = args.shuffle_buffer
     if sweep:  # validation on the last 10,000 training digits; test untouched
         c.train_split, c.eval_split = "train[:50000]", "train[50000:]"
         c.log_every_steps = c.steps_per_eval = steps
@@ -83,7 +84,7 @@ def sweep_learning_rate(args) -> tuple[float, dict]:
             )
             index[(lr, network)] = workdir
     print(f"learning-rate sweep: {len(jobs)} runs of {args.sweep_steps} steps")
-    walls = _runs.train_all(jobs, args.workers)
+    walls = _runs.train_all(jobs, args.workers, compilation_cache=args.compilation_cache)
     table = {}
     for lr in args.lr_grid:
         accuracy = {}
@@ -99,7 +100,7 @@ def sweep_learning_rate(args) -> tuple[float, dict]:
         "eval_split": "train[50000:]",
         "validation_top1": table,
         "chosen": best,
-        "wall_seconds": sum(walls.values()),
+        "run_seconds": {os.path.basename(w): t for w, t in walls.items()},
     }
 
 
@@ -311,8 +312,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval_every", type=int, default=500)
     parser.add_argument("--log_every", type=int, default=500)
     parser.add_argument("--num_images", type=int, default=10_000, help="for the percentiles")
+    parser.add_argument("--shuffle_buffer", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2, help="runs trained at a time")
+    parser.add_argument("--compilation_cache", default=None, help="default: WORK_ROOT/jax_cache")
     args = parser.parse_args(argv)
+    if args.compilation_cache is None:
+        args.compilation_cache = os.path.join(args.work_root, "jax_cache")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.lr_grid = [float(x) for x in args.lr_grid.split(",") if x.strip()]
     if not seeds or args.num_steps < args.eval_every or args.num_steps % args.eval_every:
@@ -346,8 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
             jobs.append((workdir, config))
             index[(network, seed)] = workdir
     print(f"training {len(jobs)} runs of {args.num_steps} steps, {args.workers} at a time")
-    walls = _runs.train_all(jobs, args.workers)
-    report["run_wall_seconds"] = {os.path.basename(w): s for w, s in walls.items()}
+    walls = _runs.train_all(jobs, args.workers, compilation_cache=args.compilation_cache)
+    report["run_seconds"] = {os.path.basename(w): t for w, t in walls.items()}
 
     runs = {n: {s: curves(index[(n, s)]) for s in seeds} for n in NETWORKS}
     report["curves"] = {n: {str(s): c for s, c in by_seed.items()} for n, by_seed in runs.items()}
