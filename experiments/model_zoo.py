@@ -51,7 +51,7 @@ class Ref:
     exact: bool = True
     gmacs: float | None = None
     source: str = ""
-    note: str = ""  # why our count differs from the reference's, printed under the table
+    note: str = ""  # why ours differs from the reference's figures, printed under the table
 
 
 def _tv(params: int, gflops: float) -> Ref:
@@ -121,7 +121,10 @@ REFERENCES: dict[str, Ref] = {
         "derived from Ioffe & Szegedy 2015 Fig. 5; Hu et al. (SE-Net) Table 2",
         note="the SE paper measured the released Caffe BN-Inception, whose stem is a plain "
         "7x7 conv (118M multiply-adds) instead of the Appendix's separable one (34M): "
-        "`separable_stem=False` gives 2.033 G",
+        "`separable_stem=False` gives 2.033 G. Parameters: the BN paper's Appendix says 13.6M; "
+        "no variant of Fig. 5 reaches it (plain stem +6,696, biases instead of BN -10,016, "
+        "5x5 instead of double 3x3 +953,216, GoogLeNet's two aux heads +6,398,416, nearest "
+        "subset 0.88M away; see `bn_inception.py`)",
     ),
     "lenet5": Ref(61_706, True, None, "d2l.ai LeNet (same layers, 61,706)"),
     "lenet5_1998": Ref(
@@ -327,7 +330,7 @@ def report(rows: list[Row]) -> str:
         for r in rows
         if r.name in REFERENCES and REFERENCES[r.name].note
     ]
-    tail = "\n\nWhere the multiply-adds differ from the reference:\n\n" + "\n".join(explained)
+    tail = "\n\nWhere ours differs from the reference, and why:\n\n" + "\n".join(explained)
     return "\n".join(notes) + "\n\n" + table(rows) + (tail if explained else "") + "\n"
 
 
