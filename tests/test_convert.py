@@ -13,6 +13,7 @@ installs the [torch] extra and must run them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -177,14 +178,18 @@ def ours(model: str, variables: dict, x_nchw: np.ndarray, *, train: bool):
         return jax.device_get(fn(variables, x)), epsilons
 
 
-def assert_logits_close(actual, expected, what: str) -> None:
-    actual, expected = np.asarray(actual), np.asarray(expected)
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| over max |expected| (1e-4 here: 4 float32 digits of the
+    largest logit; an elementwise rtol would fail on logits that happen to be near 0)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     scale = float(np.abs(expected).max())
-    assert scale > 0 and float(expected.std()) > 0, f"{what}: degenerate reference outputs"
-    err = float(np.abs(actual - expected).max())
-    assert err <= TOLERANCE * scale, (
-        f"{what}: max |ours - torchvision| = {err:.3g}, scale {scale:.3g}"
-    )
+    assert scale > 0 and float(expected.std()) > 0, "degenerate reference outputs"
+    return float(np.abs(actual - expected).max()) / scale
+
+
+def assert_logits_close(actual, expected, what: str, tolerance: float = TOLERANCE) -> None:
+    err = relative_error(actual, expected)
+    assert err <= tolerance, f"{what}: max |ours - torchvision| = {err:.3g} of the largest logit"
 
 
 _CONVERTED: dict[str, tuple] = {}
@@ -215,32 +220,39 @@ def test_outputs_equal_torchvision(torch, model, mode, size):
         assert_logits_close(actual, expected, f"{model} eval at {size}")
         return
     _CONVERTED.clear()  # torch's train step below changes its running statistics
-    net.train()
-    for m in net.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.eval()
-    with torch.no_grad():
-        expected = net(x)
+    # Normalizing with the statistics of 2 small maps (40 values per channel in the last
+    # stage here) is ill-conditioned: torchvision's own float32 ResNet-152 is 4e-4 off
+    # its float64 twin in train mode. So the float64 torch model is the reference, and
+    # ours may be off it by 1e-4 or twice torchvision's float32 error, whichever is larger.
+    exact = copy.deepcopy(net).double()
+    outputs = []
+    for m, dtype in ((net, torch.float32), (exact, torch.float64)):
+        m.train()
+        for dropout in (d for d in m.modules() if isinstance(d, torch.nn.Dropout)):
+            dropout.eval()
+        with torch.no_grad():
+            out = m(x.to(dtype))
+        # torchvision's GoogLeNet returns (logits, aux2, aux1); ours (logits, aux1, aux2).
+        out = [out.logits, out.aux_logits1, out.aux_logits2] if model == "googlenet_aux" else [out]
+        outputs.append([o.numpy() for o in out])
     (actual, updated), eps = ours(model, variables, x.numpy(), train=True)
     assert eps == torch_eps
-    if model == "googlenet_aux":  # torchvision: (logits, aux2, aux1); ours: (logits, aux1, aux2)
-        pairs = zip(
-            actual, (expected.logits, expected.aux_logits1, expected.aux_logits2), strict=True
-        )
-        for what, (a, e) in zip(("logits", "aux1", "aux2"), pairs, strict=True):
-            assert_logits_close(a, e.numpy(), f"{model} train {what}")
-    else:
-        assert_logits_close(actual, expected.numpy(), f"{model} train")
-    # Both move the running means 0.1 of the way to the batch means (PyTorch's
-    # momentum 0.1 is Flax's 0.9); torch's updated state, converted, must agree.
-    after = traverse_util.flatten_dict(from_torchvision(_split(model)[0], net.state_dict()))
+    actual = list(actual) if model == "googlenet_aux" else [actual]
+    for i, (a, e32, e64) in enumerate(zip(actual, *outputs, strict=True)):
+        tolerance = max(TOLERANCE, 2 * relative_error(e32, e64))
+        assert_logits_close(a, e64, f"{model} train, output {i}", tolerance)
+    # Both move the running means 0.1 of the way to the batch means (PyTorch's momentum
+    # 0.1 is Flax's 0.9): ours must match the float64 torch model's as closely as the
+    # float32 one does (or to 1e-5 of the layer's largest mean).
     got = traverse_util.flatten_dict({"batch_stats": updated["batch_stats"]})
-    assert got.keys() == {k for k in after if k[0] == "batch_stats"}
+    after32, after64 = (
+        traverse_util.flatten_dict(from_torchvision(_split(model)[0], m.state_dict()))
+        for m in (net, exact)
+    )
+    assert got.keys() == {k for k in after64 if k[0] == "batch_stats"}
     for key in (k for k in got if k[-1] == "mean"):
-        scale = max(1.0, float(np.abs(after[key]).max()))
-        np.testing.assert_allclose(
-            got[key], after[key], rtol=0, atol=1e-5 * scale, err_msg=str(key)
-        )
+        tolerance = max(1e-5, 2 * relative_error(after32[key], after64[key]))
+        assert_logits_close(got[key], after64[key], f"running mean {key}", tolerance)
 
 
 # --- the converter's checks and files ------------------------------------------------
