@@ -164,16 +164,17 @@ def _to_ours(value: np.ndarray, leaf: str, chw: tuple[int, int, int] | None) -> 
 
 
 def _linear_kernel(weight: np.ndarray, chw: tuple[int, int, int] | None) -> np.ndarray:
-    """torch (out, in) -> our (in, out); with ``chw``, the input axis is first reordered
-    from torch's (C, H, W) flatten to our (H, W, C) one. The transpose is copied 256
-    rows at a time: a plain transposed copy of VGG's 4096x25088 matrix is 3x slower."""
+    """torch (out, in) -> our (in, out); with ``chw``, the input axis is also reordered
+    from torch's (C, H, W) flatten to our (H, W, C) one. Written 64 output columns at a
+    time into one new array: ~3x faster than a plain transposed copy of VGG's
+    25088x4096 matrix, and no second 400 MB temporary."""
     out, fan_in = weight.shape
-    if chw is not None:
-        weight = weight.reshape(out, chw[0], chw[1] * chw[2]).transpose(0, 2, 1)
-        weight = np.ascontiguousarray(weight).reshape(out, fan_in)
+    c, hw = (chw[0], chw[1] * chw[2]) if chw else (fan_in, 1)
     result = np.empty((fan_in, out), np.float32)
-    for start in range(0, out, 256):
-        result[:, start : start + 256] = weight[start : start + 256].T
+    view = result.reshape(hw, c, out)  # row (h * W + w) * C + c: our flatten order
+    for start in range(0, out, 64):
+        rows = weight[start : start + 64].reshape(-1, c, hw)
+        view[:, :, start : start + 64] = rows.transpose(2, 1, 0)
     return result
 
 
