@@ -2,6 +2,7 @@
 
     python -m cnn_arch.evaluate --workdir=W --evals=running,alg2,folded_alg2 \\
         [--num_batches=100] [--batch_size=M] [--data_dir=DIR]
+    python -m cnn_arch.evaluate --workdir=W1 --workdirs=W2,W3 --evals=144crop,ensemble_144crop
 
 Restores the latest checkpoint (finished or still training) into the run its
 ``config.json`` describes (``cnn_arch.run.from_workdir``), runs each evaluator on the
@@ -32,6 +33,13 @@ SHORTHANDS = {
     "alg2": {"kind": "population"},
     "folded": {"kind": "folded"},
     "folded_alg2": {"kind": "folded", "statistics": "population"},
+    "flip": {"kind": "multicrop", "views": "flip"},
+    "10crop": {"kind": "multicrop", "views": "10crop"},
+    "144crop": {"kind": "multicrop", "views": "144crop"},
+    "ensemble": {"kind": "ensemble"},  # with the networks of --workdirs
+    "ensemble_flip": {"kind": "ensemble", "views": "flip"},
+    "ensemble_10crop": {"kind": "ensemble", "views": "10crop"},
+    "ensemble_144crop": {"kind": "ensemble", "views": "144crop"},
 }
 OUTPUT_NAME = "evaluate.json"
 
@@ -46,9 +54,14 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 0, "Algorithm 2: mini-batch size m (0: the config's)."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides the config's data_dir.")
+_WORKDIRS = flags.DEFINE_list(
+    "workdirs", [], "Ensembles: the other members' training workdirs (same dataset)."
+)
 
 
-def resolve(names: list[str], config, *, num_batches: int, batch_size: int) -> dict[str, dict]:
+def resolve(
+    names: list[str], config, *, num_batches: int, batch_size: int, workdirs: list[str] = ()
+) -> dict[str, dict]:
     """``--evals`` entries -> evaluator specs; Algorithm 2 options applied where they fit."""
     specs = {}
     for name in names:
@@ -63,6 +76,10 @@ def resolve(names: list[str], config, *, num_batches: int, batch_size: int) -> d
             )
         if spec["kind"] == "population" or spec.get("statistics") == "population":
             spec.update(num_batches=num_batches, batch_size=batch_size)
+        if spec["kind"] == "ensemble" and workdirs:
+            spec["workdirs"] = list(workdirs)
+        if spec["kind"] == "ensemble" and not spec.get("workdirs"):
+            raise UserError(f"--evals={name}: an ensemble needs the other members' --workdirs")
         spec.pop("every_steps", None)
         specs[name] = spec
     try:
@@ -79,11 +96,15 @@ def evaluate_workdir(
     num_batches: int = 100,
     batch_size: int = 0,
     data_dir: str | None = None,
+    workdirs: list[str] = (),
     mesh=None,
 ) -> dict[str, Any]:
-    """Each named evaluator's metrics on the latest checkpoint of ``workdir``."""
+    """Each named evaluator's metrics on the latest checkpoint of ``workdir`` (ensembles:
+    with the networks of ``workdirs``)."""
     run, state = run_lib.from_workdir(workdir, data_dir=data_dir, mesh=mesh)
-    specs = resolve(names, run.config, num_batches=num_batches, batch_size=batch_size)
+    specs = resolve(
+        names, run.config, num_batches=num_batches, batch_size=batch_size, workdirs=workdirs
+    )
     report: dict[str, Any] = {
         "workdir": os.path.abspath(workdir),
         "checkpoint_step": int(state.step),
@@ -136,6 +157,7 @@ def main(argv: list[str]) -> None:
             num_batches=_NUM_BATCHES.value,
             batch_size=_BATCH_SIZE.value,
             data_dir=_DATA_DIR.value,
+            workdirs=_WORKDIRS.value,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,8 +5,9 @@ back the metrics.jsonl rows each run wrote.
 A job is ``(workdir, config)``. With ``workers > 1`` the jobs run in that many spawned
 processes (each its own JAX runtime, one CPU core's worth of work for small nets);
 otherwise one after another in this process. A finished workdir is not retrained: the
-loop sees its last checkpoint at ``num_train_steps`` and returns at once, so a killed
-experiment reruns only what is missing.
+workdir records its training time in ``experiment_time.json`` and is then reused as it
+is, so a killed experiment reruns only what is missing (an unfinished workdir resumes
+from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 import ml_collections  # noqa: F401  (the configs jobs carry)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Written into a workdir when its training finished: its wall and CPU seconds. A workdir
+# that has it is reused as it is by later invocations (which report these times).
+TIMING = "experiment_time.json"
 MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
 
 
@@ -30,33 +34,49 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or str(ROOT.parent / "shared" / "tensorflow_datasets")
 
 
+def use_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache in ``path`` ('' = leave it off). The seeds and
+    networks of one experiment compile the same programs (and the run builder compiles
+    the init again for every restore): the cache turns each repeat into a read, and
+    compiles dominate short runs."""
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def _train_one(
     workdir: str, config_json: str, compilation_cache: str
 ) -> tuple[str, dict[str, float]]:
     """Runs in a worker: trains one config; returns (workdir, {'wall_s', 'cpu_s'}): the
     wall time and this process's CPU time (all its threads) for the run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import jax
     from absl import logging
 
     from cnn_arch import schema, train
 
-    if compilation_cache:
-        # Seeds and networks of one experiment compile the same programs: JAX's
-        # persistent cache turns each repeat into a read (compiles dominate short runs).
-        jax.config.update("jax_compilation_cache_dir", compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    timing = os.path.join(workdir, TIMING)
+    if os.path.exists(timing):  # trained by an earlier invocation: reuse it as it is
+        with open(timing) as f:
+            return workdir, {**json.load(f), "reused": True}
+    use_compilation_cache(compilation_cache)
     logging.set_verbosity(logging.WARNING)
     config = schema.default_config()  # the keys' declared types, as run.load_config does
     config.update(json.loads(config_json))
     t0, c0 = time.perf_counter(), time.process_time()
     train.train_and_evaluate(config, workdir)
-    return workdir, {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    times = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    with open(timing, "w") as f:
+        json.dump(times, f)
+    return workdir, {**times, "reused": False}
 
 
-def _done(log, workdir: str, times: dict[str, float]) -> None:
+def _done(log, workdir: str, times: dict) -> None:
     wall, cpu = times["wall_s"], times["cpu_s"]
-    log(f"  done {os.path.basename(workdir)}: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    cpu = "?" if cpu is None else f"{cpu:.0f}"
+    again = " (trained earlier, reused)" if times["reused"] else ""
+    log(f"  done {os.path.basename(workdir)}: {wall:.0f} s wall, {cpu} s CPU{again}")
 
 
 def train_all(

@@ -120,45 +120,111 @@ def at_step(c: dict, key: str, step: int) -> float:
     return c[key][c["steps"].index(step)]
 
 
+def stats(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "values": [float(x) for x in v],
+    }
+
+
+def drift(by_seed: dict, start: int, end: int) -> dict:
+    """How the plotted unit's sigmoid input moved from ``start`` to ``end``, over seeds."""
+    median_change, spread_start, spread_end = [], [], []
+    for c in by_seed.values():
+        median_change.append(at_step(c, "p50", end) - at_step(c, "p50", start))
+        spread_start.append(at_step(c, "p85", start) - at_step(c, "p15", start))
+        spread_end.append(at_step(c, "p85", end) - at_step(c, "p15", end))
+    return {
+        "median_change": stats(median_change),
+        "spread_15_85_start": stats(spread_start),
+        "spread_15_85_end": stats(spread_end),
+        "spread_15_85_change": stats(np.subtract(spread_end, spread_start).tolist()),
+    }
+
+
 def summarize(runs: dict[str, dict[int, dict]], num_steps: int) -> dict:
     """Accuracy at the table's steps and the drift of the sigmoid input, mean/std/min/max
     over seeds, per network."""
     logged = next(iter(next(iter(runs.values())).values()))["steps"]
     table_steps = [s for s in TABLE_STEPS if s in logged] or [logged[-1]]
-    # The drift is measured from step 1,000 (the table's first row) when the run is longer.
+    # The drift is measured from step 1,000 (the table's first row) when the run is longer,
+    # and once more from step 10,000 (after the early phase).
     start = TABLE_STEPS[0] if TABLE_STEPS[0] in logged[:-1] else logged[0]
-    out = {"table_steps": table_steps, "drift_from": start, "drift_to": logged[-1]}
-
-    def stats(values: list[float]) -> dict:
-        v = np.asarray(values, np.float64)
-        return {
-            "mean": float(v.mean()),
-            "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "min": float(v.min()),
-            "max": float(v.max()),
-            "values": [float(x) for x in v],
-        }
-
+    end = logged[-1]
+    out = {"table_steps": table_steps, "drift_from": start, "drift_to": end}
+    late = TABLE_STEPS[2] if TABLE_STEPS[2] in logged[:-1] else None
+    if late:
+        out["late_drift_from"] = late
     for network, by_seed in runs.items():
-        net = {"top1": {}, "drift": {}}
+        net = {"top1": {}, "drift": drift(by_seed, start, end)}
         for step in table_steps:
             net["top1"][str(step)] = stats([at_step(c, "top1", step) for c in by_seed.values()])
-        end = logged[-1]
-        median_drift, spread_drift, spread_start, spread_end = [], [], [], []
-        for c in by_seed.values():
-            median_drift.append(at_step(c, "p50", end) - at_step(c, "p50", start))
-            s0 = at_step(c, "p85", start) - at_step(c, "p15", start)
-            s1 = at_step(c, "p85", end) - at_step(c, "p15", end)
-            spread_start.append(s0)
-            spread_end.append(s1)
-            spread_drift.append(s1 - s0)
-        net["drift"] = {
-            "median_change": stats(median_drift),
-            "spread_15_85_start": stats(spread_start),
-            "spread_15_85_end": stats(spread_end),
-            "spread_15_85_change": stats(spread_drift),
-        }
+        if late:
+            net["late_drift"] = drift(by_seed, late, end)
         out[network] = net
+    return out
+
+
+def unit_analysis(args, lr: float, seeds: list[int], index: dict) -> dict:
+    """Every unit of the last hidden layer, not only the plotted one: each network's
+    per-unit 15/50/85th percentiles (same fixed test images) at step 1,000 and at the
+    end, and for BN the learned scale gamma and shift beta of those units. The step-1,000
+    states come from twin runs trained to step 1,000 (same seed: the same first 1,000
+    steps, the schedule being constant), restored with the library's run builder."""
+    from cnn_arch import run as run_lib
+    from cnn_arch.evaluators.activations import Activations
+
+    start = TABLE_STEPS[0]
+    jobs, twins = [], {}
+    for seed in seeds:
+        for network in NETWORKS:
+            workdir = os.path.join(args.work_root, f"{network}_lr{lr:g}_s{seed}_n{start}")
+            config = network_config(network, args, seed=seed, lr=lr, steps=start, sweep=False)
+            jobs.append((workdir, config))
+            twins[(network, seed)] = workdir
+    print(f"every unit: {len(jobs)} twin runs of {start} steps")
+    _runs.train_all(jobs, args.workers, compilation_cache=args.compilation_cache)
+    _runs.use_compilation_cache(args.compilation_cache)
+
+    def percentiles(workdir: str, network: str):
+        run, state = run_lib.from_workdir(workdir)
+        module = bn_mnist.SIGMOID_INPUT[network]
+        probe = Activations(name="all", run=run, module=module, num_images=args.num_images)
+        p = np.percentile(probe.features(state.variables), [15, 50, 85], axis=0)  # (3, units)
+        norm = state.params[module] if network == "bn" else None  # gamma and beta
+        return p, norm
+
+    out: dict = {"from_step": start, "to_step": args.num_steps}
+    for network in NETWORKS:
+        per_seed = []
+        for seed in seeds:
+            p0, norm0 = percentiles(twins[(network, seed)], network)
+            p1, norm1 = percentiles(index[(network, seed)], network)
+            spread0, spread1 = p0[2] - p0[0], p1[2] - p1[0]
+            row = {
+                "mean_abs_median_change": float(np.mean(np.abs(p1[1] - p0[1]))),
+                "mean_spread_start": float(np.mean(spread0)),
+                "mean_spread_end": float(np.mean(spread1)),
+                "median_spread_ratio": float(np.median(spread1 / spread0)),
+                "fraction_units_spread_grew": float(np.mean(spread1 > spread0)),
+            }
+            if norm1 is not None:
+                row["mean_gamma_start"] = float(np.mean(np.abs(norm0["scale"])))
+                row["mean_gamma_end"] = float(np.mean(np.abs(norm1["scale"])))
+                row["mean_abs_beta_end"] = float(np.mean(np.abs(norm1["bias"])))
+            per_seed.append(row)
+        out[network] = {
+            key: {
+                "mean": float(np.mean([r[key] for r in per_seed])),
+                "std": float(np.std([r[key] for r in per_seed], ddof=1)) if len(seeds) > 1 else 0.0,
+                "values": [r[key] for r in per_seed],
+            }
+            for key in per_seed[0]
+        }
     return out
 
 
@@ -198,6 +264,24 @@ def pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
 
 
+def timing_line(report: dict) -> str:
+    """This invocation's wall time and the training runs' own recorded times (runs
+    trained by an earlier invocation are reused and report the times they took then)."""
+    runs = dict(report["run_seconds"])
+    runs.update(report.get("lr_sweep", {}).get("run_seconds", {}))
+    walls = [t["wall_s"] for t in runs.values()]
+    cpus = [t["cpu_s"] for t in runs.values() if t["cpu_s"] is not None]
+    reused = sum(t.get("reused", False) for t in runs.values())
+    text = (
+        f"the {len(runs)} training runs took {sum(walls) / 60:.1f} min of wall time in all "
+        f"({report['workers']} at a time on the shared machine) and "
+        f"{sum(cpus) / 60:.1f} min of CPU time ({len(cpus)} of them measured)"
+    )
+    if reused:
+        text += f"; {reused} were trained by an earlier invocation and reused"
+    return text + f"; this invocation: {report['wall_seconds'] / 60:.1f} min wall."
+
+
 def write_markdown(report: dict, path: str) -> None:
     summary = report["summary"]
     seeds = report["seeds"]
@@ -206,8 +290,9 @@ def write_markdown(report: dict, path: str) -> None:
         "without BN",
         "",
         f"Command: `{report['command']}`  ",
-        f"Wall time: {report['wall_seconds'] / 60:.1f} min on {report['machine']} "
-        f"({report['workers']} runs at a time); seeds {', '.join(map(str, seeds))}.",
+        f"Machine: {report['machine']}; seeds {', '.join(map(str, seeds))}; "
+        f"{report['workers']} runs at a time.  ",
+        f"Time: {timing_line(report)}",
         "",
         "Network: 784-100-100-100-10, sigmoid, weights N(0, 0.1^2), softmax cross-entropy, "
         f"plain SGD, {report['num_steps']:,} steps of 60, learning rate "
@@ -264,13 +349,45 @@ def write_markdown(report: dict, path: str) -> None:
     ):
         cells = [pm(summary[n]["drift"][key], digits=3) for n in NETWORKS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "late_drift_from" in summary:
+        c = summary["late_drift_from"]
+        for key, label in (
+            ("median_change", f"median at {b:,} minus median at {c:,}"),
+            ("spread_15_85_change", f"change of the 15-85 spread from {c:,}"),
+        ):
+            cells = [pm(summary[n]["late_drift"][key], digits=3) for n in NETWORKS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    units = report.get("all_units")
+    if units:
+        lines += [
+            "",
+            f"## Every unit of the last hidden layer, step {units['from_step']:,} to "
+            f"{units['to_step']:,} (mean ± std over seeds)",
+            "",
+            "Per unit: percentiles over the same test digits; then averaged over the 100 "
+            "units. Step-1,000 states from twin runs of 1,000 steps (same seed, same steps).",
+            "",
+            "| | " + " | ".join(LABELS[n] for n in NETWORKS) + " |",
+            "| --- | --- | --- |",
+        ]
+        for key, label in (
+            ("mean_abs_median_change", "mean over units of abs(median change)"),
+            ("mean_spread_start", f"mean 15-85 spread at {units['from_step']:,}"),
+            ("mean_spread_end", f"mean 15-85 spread at {units['to_step']:,}"),
+            ("median_spread_ratio", "median over units of spread ratio end / start"),
+            ("fraction_units_spread_grew", "fraction of units whose spread grew"),
+            ("mean_gamma_start", f"BN: mean abs(gamma) at {units['from_step']:,}"),
+            ("mean_gamma_end", f"BN: mean abs(gamma) at {units['to_step']:,}"),
+        ):
+            cells = [pm(units[n][key], digits=3) if key in units[n] else "-" for n in NETWORKS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Paper vs ours", "", *report["comparison"], ""]
     lines += [f"![Figure 1]({NAME}.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
 
-def comparison(summary: dict, num_steps: int) -> list[str]:
+def comparison(summary: dict, units: dict | None) -> list[str]:
     """Sentences that state what the paper shows and what we measured, side by side."""
     last = str(summary["table_steps"][-1])
     base, bn = summary["baseline"], summary["bn"]
@@ -290,12 +407,34 @@ def comparison(summary: dict, num_steps: int) -> list[str]:
     out.append(
         "- Paper, Fig. 1(b, c): without BN the distribution of the sigmoid input drifts "
         "over training (mean and variance change); with BN it stays much more stable. "
-        "Ours (median change / 15-85 spread change): without BN "
+        f"Ours, the plotted unit from step {summary['drift_from']:,} to "
+        f"{summary['drift_to']:,} (median change / 15-85 spread change): without BN "
         f"{pm(base['drift']['median_change'], digits=3)} / "
         f"{pm(base['drift']['spread_15_85_change'], digits=3)}; with BN "
         f"{pm(bn['drift']['median_change'], digits=3)} / "
         f"{pm(bn['drift']['spread_15_85_change'], digits=3)}."
     )
+    if units:
+        b, n = units["baseline"], units["bn"]
+        text = (
+            "  Over all 100 units of the last hidden layer: mean abs(median change) "
+            f"{pm(b['mean_abs_median_change'], digits=3)} without BN vs "
+            f"{pm(n['mean_abs_median_change'], digits=3)} with BN; mean 15-85 spread "
+            f"{b['mean_spread_start']['mean']:.2f} -> {b['mean_spread_end']['mean']:.2f} without "
+            f"BN vs {n['mean_spread_start']['mean']:.2f} -> {n['mean_spread_end']['mean']:.2f} "
+            "with BN"
+        )
+        if "mean_gamma_end" in n:
+            g0, g1 = n["mean_gamma_start"]["mean"], n["mean_gamma_end"]["mean"]
+            text += (
+                f"; BN's learned scale gamma (mean abs) {g0:.2f} -> {g1:.2f}, a factor "
+                f"{g1 / g0:.2f} beside the BN network's median per-unit spread ratio "
+                f"{n['median_spread_ratio']['mean']:.2f} (without BN: "
+                f"{b['median_spread_ratio']['mean']:.2f}). BN keeps the normalized "
+                "pre-activation fixed; what reaches the sigmoid is gamma times it plus beta, "
+                "and gamma is learned (here without weight decay)"
+            )
+        out.append(text + ".")
     return out
 
 
@@ -357,7 +496,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {n: {s: curves(index[(n, s)]) for s in seeds} for n in NETWORKS}
     report["curves"] = {n: {str(s): c for s, c in by_seed.items()} for n, by_seed in runs.items()}
     report["summary"] = summarize(runs, args.num_steps)
-    report["comparison"] = comparison(report["summary"], args.num_steps)
+    if args.num_steps > TABLE_STEPS[0] and TABLE_STEPS[0] % args.eval_every == 0:
+        report["all_units"] = unit_analysis(args, lr, seeds, index)
+    report["comparison"] = comparison(report["summary"], report.get("all_units"))
     report["wall_seconds"] = time.perf_counter() - t0
 
     with open(os.path.join(args.out_dir, f"{NAME}.json"), "w") as f:

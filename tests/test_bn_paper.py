@@ -265,3 +265,102 @@ def test_bn_mnist_short_with_learning_rate_sweep(shared_tfds, tmp_path):
     assert report["learning_rate"] == float(max(means, key=means.get))
     for lr, row in sweep["validation_top1"].items():
         assert row["mean"] == pytest.approx((row["baseline"] + row["bn"]) / 2), lr
+
+
+# --- Figure 4's mechanisms: multi-crop views and ensembles --------------------------------
+
+
+def test_view_tables_count_the_views():
+    from cnn_arch.evaluators.multicrop import view_table
+
+    counts = {k: len(view_table(k, 32, 32, 32)) for k in ("single", "flip", "10crop", "144crop")}
+    assert counts == {"single": 1, "flip": 2, "10crop": 10, "144crop": 144}
+    # Distinct views: the square resized to the crop does not depend on the scale; on a
+    # square image the three squares coincide as well.
+    assert len({tuple(r) for r in view_table("144crop", 32, 32, 32)}) == 42
+    assert len({tuple(r) for r in view_table("144crop", 256, 341, 224)}) == 126
+    assert len(view_table("144crop", 32, 32, 32, scales=(1.25, 1.5))) == 2 * 3 * 6 * 2
+    with pytest.raises(ValueError, match="views="):
+        view_table("5crop", 32, 32, 32)
+
+
+def test_views_at_unit_scale_are_exact_crops_and_mirrors():
+    """With a resize factor of 1 every crop is a slice of the image and every mirrored
+    view its left-right flip; the single view of a crop-sized image is the image; the
+    square resized to the crop side is that resize (in the interior: views resample the
+    whole image, so a border pixel may also weigh the pixel just outside its square)."""
+    from cnn_arch.evaluators.multicrop import render, view_table
+
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 16, 3))
+    single = view_table("single", 8, 8, 8)
+    small = images[:, :8, :8]
+    np.testing.assert_allclose(render(small, jnp.asarray(single[0]), 8), small, atol=1e-5)
+    # 144-crop scheme at scale 12/8: shorter side 12 = the image's, so factor 1; squares
+    # at x = 0, 2, 4; crops at the square's corners (offset 0 or 4) and centre (2).
+    table = view_table("144crop", 12, 16, 8, scales=(12 / 8,))
+    assert len(table) == 3 * 6 * 2
+    for mirror in (False, True):
+        rows = iter(table[18:] if mirror else table[:18])
+        for sx in (0, 2, 4):
+            for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2)):
+                want = images[:, dy : dy + 8, sx + dx : sx + dx + 8]
+                want = want[:, :, ::-1] if mirror else want
+                got = render(images, jnp.asarray(next(rows)), 8)
+                np.testing.assert_allclose(got, want, atol=1e-5)
+            square = jax.image.resize(images[:, :, sx : sx + 12], (2, 8, 8, 3), "linear")
+            square = square[:, :, ::-1] if mirror else square
+            got = render(images, jnp.asarray(next(rows)), 8)
+            np.testing.assert_allclose(got[:, 1:-1, 1:-1], square[:, 1:-1, 1:-1], atol=1e-5)
+    # On a square image the square is the image: the whole view is exactly the resize.
+    sq = images[:, :, :12]
+    row = view_table("144crop", 12, 12, 8, scales=(12 / 8,))[5]
+    want = jax.image.resize(sq, (2, 8, 8, 3), "linear", antialias=True)
+    np.testing.assert_allclose(render(sq, jnp.asarray(row), 8), want, atol=1e-5)
+
+
+def test_multicrop_ensemble_short(shared_tfds, tmp_path):
+    """The experiment at 20 steps on 1,280 CIFAR-10 images, 2 networks, 200 test images:
+    every view set for each network and the ensemble; then, on its workdirs, an ensemble
+    of a network with itself is that network (the averaging is exact)."""
+    from cnn_arch import evaluate as evaluate_lib
+    from cnn_arch.errors import UserError
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    _run_experiment(
+        "multicrop_ensemble.py",
+        f"--out_dir={out}",
+        f"--work_root={work}",
+        f"--data_dir={shared_tfds}",
+        "--train_examples=1280",
+        "--epochs=1",
+        "--batch_size=64",
+        "--eval_examples=200",
+        "--shuffle_buffer=1000",
+        "--seeds=0,1",
+        "--workers=1",
+    )
+    report = json.loads((out / "multicrop_ensemble.json").read_text())
+    assert (out / "multicrop_ensemble.png").stat().st_size > 5_000
+    assert "| 144 crops |" in (out / "multicrop_ensemble.md").read_text()
+    assert report["checkpoint_step"] == 20 and report["eval_examples"] == 200
+    networks, ensemble = report["results"]["networks"], report["results"]["ensemble"]
+    assert len(networks) == 2
+    for views, n in (("single", 1), ("flip", 2), ("10crop", 10), ("144crop", 144)):
+        e = ensemble[views]
+        assert (e["views"], e["members"], e["num_examples"]) == (n, 2, 200)
+        members = [r[views] for r in networks.values()]
+        # Jensen: the cross-entropy of the averaged distribution is at most the mean
+        # cross-entropy of the members' (each a mean over the same views).
+        assert e["loss"] <= np.mean([m["loss"] for m in members]) + 1e-5
+        row = report["table"][views]
+        assert row["single_top1_err"] == pytest.approx([100 * (1 - m["top1"]) for m in members])
+        assert row["ensemble_top1_err"] == pytest.approx(100 * (1 - e["top1"]))
+
+    w0 = str(work / next(iter(networks)))
+    data_dir = {"data_dir": shared_tfds}
+    alone = evaluate_lib.evaluate_workdir(w0, ["running", "ensemble"], workdirs=[w0], **data_dir)
+    r = alone["results"]
+    assert r["ensemble"]["members"] == 2 and r["ensemble"]["top1"] == r["running"]["top1"]
+    assert r["ensemble"]["loss"] == pytest.approx(r["running"]["loss"], rel=1e-4)
+    with pytest.raises(UserError, match="--workdirs"):
+        evaluate_lib.evaluate_workdir(w0, ["ensemble"], **data_dir)

@@ -108,22 +108,24 @@ class Activations(Evaluator):
             self._images = kept
         return self._images
 
-    def values(self, variables) -> np.ndarray:
-        """The captured feature ``unit`` on every fixed image (and every spatial position,
-        for conv features), float64, shape (N * positions,)."""
+    def features(self, variables) -> np.ndarray:
+        """Every feature of the module's output on every fixed image (and every spatial
+        position, for conv features), float64, shape (N * positions, features)."""
         out = []
         for images, take in self.fixed_images():
             images = parallel.global_batch(self.run.mesh, {"image": images})["image"]
-            feature = self._capture(variables, images)
-            feature = np.asarray(jax.device_get(feature), np.float64)
-            if self.unit >= feature.shape[-1]:
-                raise ValueError(
-                    f"unit={self.unit} but module {self.module!r} has {feature.shape[-1]} features"
-                )
-            out.append(
-                feature.reshape(feature.shape[0], -1, feature.shape[-1])[:take, :, self.unit]
+            feature = np.asarray(jax.device_get(self._capture(variables, images)), np.float64)
+            out.append(feature[:take].reshape(-1, feature.shape[-1]))
+        return np.concatenate(out)
+
+    def values(self, variables) -> np.ndarray:
+        """The captured feature ``unit`` on every fixed image (and position), shape (N,)."""
+        features = self.features(variables)
+        if self.unit >= features.shape[-1]:
+            raise ValueError(
+                f"unit={self.unit} but module {self.module!r} has {features.shape[-1]} features"
             )
-        return np.concatenate(out).reshape(-1)
+        return features[:, self.unit]
 
     def __call__(self, state):
         v = self.values(state.variables)
