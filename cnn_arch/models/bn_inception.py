@@ -34,17 +34,23 @@ Padding: stride-1 layers keep the size; stride-2 layers inside modules use TF 'S
 (output ceil(H/2), so conv and pool branches agree at any size); stem pools use
 Caffe/PyTorch ceil mode and never shrink a map below 1x1. The head is a global mean,
 so 28x28x1 and 32x32x3 inputs work unchanged.
+
+CIFAR-sized study (``experiments/bn_inception_cifar.py``): ``stem='cifar'`` replaces the
+7x7/2 conv1 and the first max pool by a 3x3/1 conv1, so a 32x32 input reaches the
+modules at 16x16 (then 8x8 after 3c, 4x4 after 4e), the ImageNet network's 28/14/7
+progression at about half the size; ``width`` multiplies every conv's channels (the
+table's widths x width, rounded). The defaults leave the ImageNet network unchanged.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_arch.models import layers
+from cnn_arch.models import layers, options
 from cnn_arch.models.blocks import ConvNormAct, Inception
 from cnn_arch.models.layers import caffe_lrn, pool2d
 from cnn_arch.models.registry import register
@@ -63,6 +69,8 @@ MODULES = (
     ("5a", 352, 192, 320, 160, 224, "avg", 128, 1),
     ("5b", 352, 192, 320, 192, 224, "max", 128, 1),
 )
+
+STEMS = ("imagenet", "cifar")
 
 # Sec. 4.2: model overrides and initial learning rate of the five compared networks.
 PAPER_NETWORKS: dict[str, dict[str, Any]] = {
@@ -84,28 +92,43 @@ class BNInception(nn.Module):
     separable_stem: bool = True  # Appendix: separable first conv, depth multiplier 8
     dropout_rate: float = 0.0  # removed in the BN-x networks (Sec. 4.2.1)
     se_ratio: int = 0  # > 0: an SE gate on each module's output (SE-Inception, Hu et al. 2018)
+    # 'cifar': for 32x32 inputs, one 2x downsampling in the stem instead of ImageNet's 8x
+    # (3x3/1 conv1, no first max pool), so the modules see 16/8/4 grids (ImageNet: 28/14/7).
+    stem: str = "imagenet"
+    width: float = 1.0  # multiplies every conv's output channels (rounded, at least 1)
     dtype: Any = jnp.float32
+
+    CHOICES: ClassVar[dict[str, options.Choices]] = {"stem": STEMS}
 
     @nn.compact
     def __call__(self, x, *, train: bool):
+        options.check_fields(self)
         unit = functools.partial(
             ConvNormAct, norm=self.norm, activation=self.activation, dtype=self.dtype
         )
         lrn = caffe_lrn if self.lrn else lambda y: y
+
+        def w(c: int) -> int:
+            return max(1, round(c * self.width)) if c else 0
+
         x = x.astype(self.dtype)
-        if self.separable_stem:  # depthwise 7x7/2 (x8 channels), then pointwise 64 with norm
+        if self.stem == "cifar":  # 32x32: conv1 3x3/1, conv2 at full size, one pool
+            x = lrn(unit(w(64), 3, 1, 1, name="conv1")(x, train=train))
+        elif self.separable_stem:  # depthwise 7x7/2 (x8 channels), pointwise 64 with norm
             c = x.shape[-1]
             x = layers.make_conv(self.dtype, use_bias=False, feature_group_count=c)(
                 8 * c, (7, 7), 2, 3, name="conv1_depthwise"
             )(x)
-            x = unit(64, name="conv1")(x, train=train)
+            x = unit(w(64), name="conv1")(x, train=train)
         else:
-            x = unit(64, 7, 2, 3, name="conv1")(x, train=train)
-        x = lrn(pool2d(x, "max", 3, 2, ceil_mode=True))
-        x = unit(64, name="conv2_reduce")(x, train=train)
-        x = lrn(unit(192, 3, 1, 1, name="conv2")(x, train=train))
+            x = unit(w(64), 7, 2, 3, name="conv1")(x, train=train)
+        if self.stem != "cifar":
+            x = lrn(pool2d(x, "max", 3, 2, ceil_mode=True))
+        x = unit(w(64), name="conv2_reduce")(x, train=train)
+        x = lrn(unit(w(192), 3, 1, 1, name="conv2")(x, train=train))
         x = pool2d(x, "max", 3, 2, ceil_mode=True)
         for name, c1, c3r, c3, d3r, d3, pool, pp, s in MODULES:
+            c1, c3r, c3, d3r, d3, pp = map(w, (c1, c3r, c3, d3r, d3, pp))
             branches = ((c3r, 1, 1), (c3, 3, s)), ((d3r, 1, 1), (d3, 3, 1), (d3, 3, s))
             branches = (((c1, 1, 1),), *branches) if c1 else branches
             x = Inception(
