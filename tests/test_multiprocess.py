@@ -20,6 +20,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _process_env(port: int, pid: int) -> dict[str, str]:
+    """Process ``pid`` of 2 on CPU, joined through the coordinator at ``port``."""
+    return {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": str(pid),
+    }
+
+
 def test_two_processes_train_and_eval_exactly(shared_tfds, tmp_path):
     port = _free_port()
     flags = [
@@ -35,14 +47,7 @@ def test_two_processes_train_and_eval_exactly(shared_tfds, tmp_path):
     ]
     procs = []
     for pid in range(2):
-        env = {
-            **os.environ,
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "JAX_PLATFORMS": "cpu",
-            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-            "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": str(pid),
-        }
+        env = _process_env(port, pid)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "cnn_arch.main", *flags],
@@ -86,14 +91,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_committed_step(shared_tfd
     def start(steps: int):
         procs = []
         for pid in range(2):
-            env = {
-                **os.environ,
-                "TF_CPP_MIN_LOG_LEVEL": "3",
-                "JAX_PLATFORMS": "cpu",
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(pid),
-            }
+            env = _process_env(port, pid)
             procs.append(
                 subprocess.Popen(
                     [
