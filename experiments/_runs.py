@@ -50,11 +50,13 @@ def _train_one(
     workdir: str, config_json: str, compilation_cache: str
 ) -> tuple[str, dict[str, float]]:
     """Runs in a worker: trains one config; returns (workdir, {'wall_s', 'cpu_s'}): the
-    wall time and this process's CPU time (all its threads) for the run."""
+    wall time and this process's CPU time (all its threads) for the run, and 'diverged'
+    (the loop's message) when the loss became non-finite."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
 
     from cnn_arch import schema, train
+    from cnn_arch.errors import Diverged
 
     timing = os.path.join(workdir, TIMING)
     if os.path.exists(timing):  # trained by an earlier invocation: reuse it as it is
@@ -65,8 +67,14 @@ def _train_one(
     config = schema.default_config()  # the keys' declared types, as run.load_config does
     config.update(json.loads(config_json))
     t0, c0 = time.perf_counter(), time.process_time()
-    train.train_and_evaluate(config, workdir)
+    try:
+        train.train_and_evaluate(config, workdir)
+        diverged = None
+    except Diverged as e:  # a result too (e.g. a learning rate too high for the network)
+        diverged = str(e)
     times = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    if diverged:
+        times["diverged"] = diverged
     with open(timing, "w") as f:
         json.dump(times, f)
     return workdir, {**times, "reused": False}
@@ -76,6 +84,7 @@ def _done(log, workdir: str, times: dict) -> None:
     wall, cpu = times["wall_s"], times["cpu_s"]
     cpu = "?" if cpu is None else f"{cpu:.0f}"
     again = " (trained earlier, reused)" if times["reused"] else ""
+    again += " DIVERGED" if times.get("diverged") else ""
     log(f"  done {os.path.basename(workdir)}: {wall:.0f} s wall, {cpu} s CPU{again}")
 
 

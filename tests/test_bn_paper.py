@@ -364,3 +364,101 @@ def test_multicrop_ensemble_short(shared_tfds, tmp_path):
     assert r["ensemble"]["loss"] == pytest.approx(r["running"]["loss"], rel=1e-4)
     with pytest.raises(UserError, match="--workdirs"):
         evaluate_lib.evaluate_workdir(w0, ["ensemble"], **data_dir)
+
+
+# --- Sec. 4.2.2 scaled to CIFAR-10: the 32x32 stem, the width, the switches ---------------
+
+
+def test_bn_inception_cifar_stem_and_width_shapes():
+    """stem='cifar' puts the modules on 16/8/4 grids for 32x32 inputs, width scales every
+    conv, and the defaults keep the ImageNet network (11,278,528 parameters). Shapes only:
+    nothing is compiled."""
+    from cnn_arch import models
+    from cnn_arch.evaluators.activations import module_output
+
+    def n_params(tree) -> int:
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+    default = models.create("bn_inception", num_classes=1000)
+    shapes = jax.eval_shape(
+        lambda: default.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    )
+    assert n_params(shapes["params"]) == 11_278_528
+
+    model = models.create("bn_inception", num_classes=10, stem="cifar", width=0.125)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+    # Figure 5's output widths x 1/8 (rounded): 3a 64+64+96+32, 4a 224+96+128+128,
+    # 4e 0+192+256+576 passed through, 5b 352+320+224+128.
+    expected = {
+        "conv2": (2, 32, 32, 24),
+        "inception3a": (2, 16, 16, 32),
+        "inception4a": (2, 8, 8, 72),
+        "inception4e": (2, 4, 4, 132),
+        "inception5b": (2, 4, 4, 128),
+    }
+    for module, shape in expected.items():
+        out = jax.eval_shape(lambda v, x, m=module: module_output(model, v, x, m), variables, x)
+        assert out.shape == shape, module
+    with pytest.raises(ValueError, match="stem"):
+        models.create("bn_inception", stem="tiny")
+
+
+def test_bn_inception_cifar_switches_compose_the_networks():
+    """Each Sec. 4.2.1 switch changes only its own config keys; BN-x5 is BN-Baseline with
+    all seven (x5); '+change' / '-change' are the ablations."""
+    sys.path.insert(0, str(ROOT))
+    from configs import bn_inception_cifar as cfg
+
+    def flat(c) -> dict:
+        d = c.to_dict()
+        return {**{k: v for k, v in d.items() if k != "model_kwargs"}, **d["model_kwargs"]}
+
+    keys = {
+        "lr_x5": {"learning_rate"},
+        "no_dropout": {"dropout_rate"},
+        "l2_div5": {"weight_decay"},
+        "decay_x6": {"lr_decay_every_epochs"},
+        "no_lrn": {"lrn"},
+        "thorough_shuffle": {"shuffle_buffer"},
+        "less_distortion": {"train_pp"},
+    }
+    base, x5 = flat(cfg.get_config("bn_baseline")), flat(cfg.get_config("bn_x5"))
+    for change, changed in keys.items():
+        plus = flat(cfg.get_config(f"bn_baseline+{change}"))
+        assert {k for k in base if base[k] != plus[k]} == changed, change
+        minus = flat(cfg.get_config(f"bn_x5-{change}"))
+        assert {k for k in x5 if x5[k] != minus[k]} == changed, change
+    assert {k for k in base if base[k] != x5[k]} == set().union(*keys.values())
+    assert x5["learning_rate"] == pytest.approx(5 * base["learning_rate"])
+    assert flat(cfg.get_config("bn_x30"))["learning_rate"] == pytest.approx(0.045)
+    assert flat(cfg.get_config("inception"))["norm"] == "none"
+    with pytest.raises(ValueError, match="already has"):
+        cfg.get_config("bn_x5+no_lrn")
+
+
+@pytest.mark.slow
+def test_bn_inception_cifar_short(shared_tfds, tmp_path):
+    """The study at 20 steps (two networks): curves at every eval, Figure 3's columns."""
+    out = tmp_path / "out"
+    _run_experiment(
+        "bn_inception_cifar.py",
+        f"--out_dir={out}",
+        f"--work_root={tmp_path / 'work'}",
+        f"--data_dir={shared_tfds}",
+        "--scale=short",
+        "--num_steps=20",
+        "--eval_every=10",
+        "--eval_examples=100",
+        "--networks=inception,bn_x5",
+        "--workers=1",
+    )
+    report = json.loads((out / "bn_inception_cifar.json").read_text())
+    assert "Short run" in (out / "bn_inception_cifar.md").read_text()
+    a = report["analysis"]
+    for name in ("inception", "bn_x5"):
+        c = report["curves"][name]
+        assert c["steps"] == [10, 20] and all(0 <= t <= 1 for t in c["top1"])
+        assert a["networks"][name]["max_top1"] == max(c["top1"])
+    assert a["inception_max"] == max(report["curves"]["inception"]["top1"])
+    assert a["networks"]["inception"]["steps_to_inception_max"] is not None
