@@ -61,6 +61,7 @@ PAPER = {
     "bn_x5_sigmoid": (None, 69.8),
     "inception_sigmoid": (None, 0.1),  # Sec. 4.2.2: "never achieved better than 1/1000"
 }
+CHANCE = 0.1  # CIFAR-10
 ABLATION_CHANGES = (
     "lr_x5",
     "no_dropout",
@@ -204,6 +205,12 @@ def cell(row: dict) -> str:
 def notes(a: dict, diverged: dict) -> list[str]:
     out = []
     n = a["networks"]
+    if a["inception_max"] < CHANCE + 0.05:
+        out.append(
+            f"- Inception (no BN) stayed at chance ({100 * a['inception_max']:.1f}%; 10 classes) "
+            "for the whole run, so every network 'reaches' its maximum at the first evaluation "
+            "and the steps and speed-up columns say nothing; only the maximum accuracies do."
+        )
     speeds = {k: v["speedup"] for k, v in n.items() if v["speedup"]}
     fastest = max(speeds, key=speeds.get) if speeds else None
     if fastest:
