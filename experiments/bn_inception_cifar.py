@@ -146,8 +146,11 @@ def write_markdown(report: dict, path: str) -> None:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; seeds {report['seeds']}; {report['workers']} runs at "
         f"a time.  ",
-        f"Time: {report['train_cpu_minutes']:.1f} min CPU for {report['runs']} training runs; "
-        f"this invocation {report['wall_seconds'] / 60:.1f} min wall.",
+        f"Time: the {report['runs']} training runs took {report['train_wall_minutes']:.1f} min "
+        f"of wall time in all ({report['workers']} at a time on the shared machine) and "
+        f"{report['train_cpu_minutes']:.1f} min of CPU time"
+        + (f"; {report['reused']} were trained earlier and reused" if report["reused"] else "")
+        + f"; this invocation {report['wall_seconds'] / 60:.1f} min wall.",
         "",
         f"Setup: BN-Inception, 32x32 stem (`stem='cifar'`: 3x3/1 conv1, modules at 16/8/4), "
         f"width x{report['width']:g} ({report['params']:,} parameters), CIFAR-10 train "
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": len(jobs),
         "run_seconds": {os.path.basename(w): t for w, t in times.items()},
         "train_cpu_minutes": sum(t["cpu_s"] or 0 for t in times.values()) / 60,
+        "train_wall_minutes": sum(t["wall_s"] for t in times.values()) / 60,
+        "reused": sum(bool(t.get("reused")) for t in times.values()),
         "diverged": diverged,
         "curves": curves,
         "analysis": analysis,
