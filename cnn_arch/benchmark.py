@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -215,21 +216,30 @@ def _memory(compiled) -> dict[str, int]:
     }
 
 
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_alternating(
     workloads: dict[str, Callable[[], Any]], steps: int, warmup: int = WARMUP_STEPS
-) -> dict[str, list[float]]:
-    """Seconds of each call of each workload, blocked on its result; the workloads take
-    turns step by step, so a burst of load on a shared machine hits them all alike."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds of each call of each workload, blocked on its
+    result. The workloads take turns step by step, so a burst of load on a shared machine
+    hits them all alike; CPU seconds barely move with other processes' load at all."""
     for fn in workloads.values():
         for _ in range(warmup):
             jax.block_until_ready(fn())
-    seconds: dict[str, list[float]] = {name: [] for name in workloads}
+    wall: dict[str, list[float]] = {name: [] for name in workloads}
+    cpu: dict[str, list[float]] = {name: [] for name in workloads}
     for _ in range(steps):
         for name, fn in workloads.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), process_cpu_seconds()
             jax.block_until_ready(fn())
-            seconds[name].append(time.perf_counter() - t0)
-    return seconds
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(process_cpu_seconds() - c0)
+    return wall, cpu
 
 
 def peak_device_memory() -> int | None:
@@ -245,13 +255,15 @@ def peak_device_memory() -> int | None:
     return max(peaks) if peaks else None
 
 
-def _timing(seconds: list[float], batch_size: int) -> dict[str, float]:
-    median = statistics.median(seconds)
+def _timing(seconds: list[float], cpu_seconds: list[float], batch_size: int) -> dict:
+    median, cpu = statistics.median(seconds), statistics.median(cpu_seconds)
     return {
         "ms_per_step": 1e3 * median,
         "ms_per_step_min": 1e3 * min(seconds),
         "ms_per_step_max": 1e3 * max(seconds),
         "images_per_sec": batch_size / median,
+        "cpu_ms_per_step": 1e3 * cpu,
+        "images_per_cpu_second": batch_size / cpu if cpu > 0 else None,
     }
 
 
@@ -318,10 +330,10 @@ def benchmark(
         workloads["eval"] = lambda: evaluate.fn(variables, batch)
         compiled["eval"] = evaluate
 
-    seconds = time_alternating(workloads, num_steps, warmup)
+    seconds, cpu_seconds = time_alternating(workloads, num_steps, warmup)
     peak = peak_flops(devices[0].device_kind, config.half_precision)
     for name, c in compiled.items():
-        timing = _timing(seconds[name], batch_size)
+        timing = _timing(seconds[name], cpu_seconds[name], batch_size)
         per_step = timing["ms_per_step"] / 1e3
         achieved = c.flops / per_step if c.flops else None  # per device
         figures[name] = {
@@ -332,13 +344,17 @@ def benchmark(
             "mfu": achieved / peak if achieved and peak else None,
             "memory_bytes": c.memory,
             "seconds": seconds[name],
+            "cpu_seconds": cpu_seconds[name],
         }
     figures["peak_flops_per_device"] = peak
     figures["peak_device_memory_bytes"] = peak_device_memory()
     if compare_bare:
-        figures["ratio_ours_over_bare"] = (
-            figures["train"]["images_per_sec"] / figures["bare"]["images_per_sec"]
-        )
+        ours, bare = figures["train"], figures["bare"]
+        figures["ratio_ours_over_bare"] = ours["images_per_sec"] / bare["images_per_sec"]
+        if ours["images_per_cpu_second"] and bare["images_per_cpu_second"]:
+            figures["cpu_ratio_ours_over_bare"] = (
+                ours["images_per_cpu_second"] / bare["images_per_cpu_second"]
+            )
     figures["load_average_after"] = list(os.getloadavg())
     return figures
 
@@ -370,6 +386,11 @@ def format_figures(f: dict[str, Any]) -> list[str]:
             f"min {g['ms_per_step_min']:.2f}, max {g['ms_per_step_max']:.2f})",
             f"{name} compile s: {g['compile_seconds']:.2f}",
         ]
+        if g["images_per_cpu_second"]:
+            lines.append(
+                f"{name} img per CPU-second: {g['images_per_cpu_second']:.2f} "
+                f"({g['cpu_ms_per_step']:.2f} CPU-ms/step, all threads)"
+            )
         if g["flops_per_step_per_device"]:
             lines += [
                 f"{name} XLA flops/step/device: {g['flops_per_step_per_device']:.4g}",
@@ -387,8 +408,16 @@ def format_figures(f: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"{name} MFU: unknown (no peak flop/s tabled for {f['device_kind']})")
     lines.append(f"peak device memory: {_mib(f['peak_device_memory_bytes'])}")
+    if f["dtype"] == "bfloat16" and f["platform"] == "cpu":
+        lines.append(
+            "note: bfloat16 is not faster than float32 on XLA:CPU: it computes bf16 dots and "
+            "convolutions in float32 and leaves AMX unused (measured with jaxlib 0.10.2; "
+            "experiments/results/speed.md)"
+        )
     if "ratio_ours_over_bare" in f:
         lines.append(f"ratio ours/bare (img/s): {f['ratio_ours_over_bare']:.3f}")
+    if "cpu_ratio_ours_over_bare" in f:
+        lines.append(f"ratio ours/bare (img per CPU-second): {f['cpu_ratio_ours_over_bare']:.3f}")
     return lines
 
 

@@ -42,6 +42,8 @@ def test_figures_agree_with_each_other_and_the_model():
         assert g["images_per_sec"] == pytest.approx(batch / median)
         assert g["ms_per_step"] == pytest.approx(1e3 * median)
         assert g["ms_per_step_min"] <= g["ms_per_step"] <= g["ms_per_step_max"]
+        cpu = statistics.median(g["cpu_seconds"])
+        assert g["images_per_cpu_second"] == pytest.approx(batch / cpu)
         assert g["achieved_flops_per_sec_per_device"] == pytest.approx(
             g["flops_per_step_per_device"] / median
         )
@@ -56,6 +58,9 @@ def test_figures_agree_with_each_other_and_the_model():
     )
     assert f["ratio_ours_over_bare"] == pytest.approx(
         f["train"]["images_per_sec"] / f["bare"]["images_per_sec"]
+    )
+    assert f["cpu_ratio_ours_over_bare"] == pytest.approx(
+        f["train"]["images_per_cpu_second"] / f["bare"]["images_per_cpu_second"]
     )
     assert f["num_devices"] == jax.device_count()
     if f["peak_flops_per_device"] is None:  # the CPU: no MFU
