@@ -53,13 +53,22 @@ def _thread_failure(args: threading.ExceptHookArgs) -> None:
     )
 
 
+def _is_closed_loop(exc: BaseException | None) -> bool:
+    """After a failed async save, TensorStore's completion callbacks can fire into
+    Orbax's event loop after it closed. Each reports 'Event loop is closed' (through
+    sys.excepthook or, from TensorStore's own threads, sys.unraisablehook); it carries
+    nothing the ``error:`` line does not."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 def _quiet_closed_loop(exc_type, exc, tb) -> None:
-    """After a failed async save, Orbax's storage callbacks can fire into an event loop
-    that is already closed; each prints 'Event loop is closed' through sys.excepthook.
-    They carry nothing the ``error:`` line does not; anything else prints as usual."""
-    if exc_type is RuntimeError and str(exc) == "Event loop is closed":
-        return
-    sys.__excepthook__(exc_type, exc, tb)
+    if not _is_closed_loop(exc):
+        sys.__excepthook__(exc_type, exc, tb)
+
+
+def _quiet_closed_loop_unraisable(unraisable) -> None:
+    if not _is_closed_loop(unraisable.exc_value):
+        sys.__unraisablehook__(unraisable)
 
 
 def main(argv):
@@ -68,6 +77,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     threading.excepthook = _thread_failure
     sys.excepthook = _quiet_closed_loop
+    sys.unraisablehook = _quiet_closed_loop_unraisable
     parallel.initialize_distributed()
     try:
         train.train_and_evaluate(_load_config(), _WORKDIR.value)

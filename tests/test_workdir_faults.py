@@ -18,7 +18,7 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT, small_config
-from test_robustness import ENV, checkpoint_steps, cli, copy_run, error_lines, short_run
+from test_robustness import ENV, LONGER, checkpoint_steps, cli, copy_run, error_lines, short_run
 
 from cnn_arch import checkpoint, train
 from cnn_arch import workdir as workdir_lib
@@ -144,7 +144,7 @@ def test_real_full_disk_and_read_only_folder(offline_tfds, tmp_path):
         subprocess.run(["mount", "-o", "remount,size=20m", str(mnt)], check=True)
         assert cli(workdir, *short_run(offline_tfds, 40)).returncode == 0  # resumes
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        proc = cli(workdir, *short_run(offline_tfds, 50))
+        proc = cli(workdir, *short_run(offline_tfds, 50, LONGER))
         assert proc.returncode in (2, 6)
         (line,) = error_lines(proc.stderr)
         assert "Read-only file system" in line or "not writable" in line
