@@ -26,7 +26,12 @@ quickstart: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# The torchvision-equality cases that `make test` leaves out: with it, every converted
+# model in every mode (eval 224, eval 199x257, train). CI runs both.
+test-convert-slow: $(VENV)/.torch-installed
+	CI=true $(PY) -m pytest -q -m slow tests/test_convert.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-.PHONY: install install-torch quickstart test lint
+.PHONY: install install-torch quickstart test test-convert-slow lint
