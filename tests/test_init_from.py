@@ -217,12 +217,21 @@ def test_head_only_fine_tuning_keeps_the_rest_and_its_bn_statistics(
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_updates_everything(source, offline_tfds, tmp_path):
+def test_full_fine_tuning_updates_everything_and_evaluates_as_its_workdir(
+    source, offline_tfds, tmp_path
+):
     train.train_and_evaluate(_config(offline_tfds, init_from=source), str(tmp_path))
     before, after = _leaves(_checkpoint(source)["batch_stats"]), _checkpoint(tmp_path)
     changed = [n for n, v in _leaves(after["batch_stats"]).items() if not np.allclose(v, before[n])]
     assert changed  # BN statistics move when everything trains
     assert int(after["step"]) == 4
+    # Evaluating the fine-tuned workdir, or its weights with --init_from, is the same.
+    by_workdir = evaluate.evaluate_workdir(str(tmp_path), ["running"])
+    by_weights = evaluate.evaluate_init_from(
+        _config(offline_tfds, init_from=str(tmp_path)), ["running"]
+    )
+    assert by_weights["results"] == by_workdir["results"]
+    assert f"weights {tmp_path}" in evaluate.format_table(by_weights)
 
 
 @pytest.mark.slow
@@ -247,15 +256,6 @@ def test_trainable_head_needs_init_from(offline_tfds):
         validate_config(_config(offline_tfds, trainable="head"), device_count=1)
     with pytest.raises(UserError, match="config.trainable='last'"):
         validate_config(_config(offline_tfds, trainable="last"), device_count=1)
-
-
-@pytest.mark.slow
-def test_evaluating_init_from_equals_evaluating_the_workdir(source, offline_tfds):
-    by_workdir = evaluate.evaluate_workdir(source, ["running"])
-    config = _config(offline_tfds, init_from=source)
-    by_weights = evaluate.evaluate_init_from(config, ["running"])
-    assert by_weights["results"] == by_workdir["results"]
-    assert "weights " in evaluate.format_table(by_weights)
 
 
 CIFAR_MEAN_STD = "mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)"
@@ -304,9 +304,9 @@ def test_cli_fine_tunes_a_converted_resnet18_on_cifar10(shared_tfds, tmp_path):
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [25, 50]
-    assert train_rows[-1]["loss"] < train_rows[0]["loss"]  # it learns
     final = json.load(open(workdir / "final_eval.json"))
     assert final["num_examples"] == 500 and np.isfinite(final["loss"])
+    assert final["top1"] > 0.15  # chance is 0.10; measured 0.21 (random source weights)
 
     # The fine-tuned workdir evaluates as --init_from too, and gives the same numbers.
     table = cli(
