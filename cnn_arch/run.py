@@ -74,6 +74,10 @@ class Run:
                 )
         return state
 
+    def trainable_mask(self):
+        """``params -> tree of bools`` under ``config.trainable='head'``, else None."""
+        return finetune.head_only(self.head) if self.config.trainable == "head" else None
+
     def jit_train_step(self):
         """``step(state, batch) -> (state, metrics)``, jitted over the mesh, state donated."""
         replicated, batched = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
@@ -87,9 +91,7 @@ class Run:
                 schedule=self.schedule,
                 skip_nonfinite=self.config.on_nonfinite == "skip",
                 per_device_bn_mesh=self.mesh if per_device else None,
-                trainable=finetune.head_only(self.head)
-                if self.config.trainable == "head"
-                else None,
+                trainable=self.trainable_mask(),
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, replicated),
