@@ -3,6 +3,7 @@
     python -m cnn_arch.evaluate --workdir=W --evals=running,alg2,folded_alg2 \\
         [--num_batches=100] [--batch_size=M] [--data_dir=DIR]
     python -m cnn_arch.evaluate --workdir=W1 --workdirs=W2,W3 --evals=144crop,ensemble_144crop
+    python -m cnn_arch.evaluate --init_from=DIR --config=configs/resnet50.py [--output=FILE]
 
 Restores the latest checkpoint (finished or still training) into the run its
 ``config.json`` describes (``cnn_arch.run.from_workdir``), runs each evaluator on the
@@ -10,6 +11,12 @@ eval split, prints a table and writes ``W/evaluate.json``. An ``--evals`` entry 
 name from the workdir's ``config.evals`` or one of the shorthands below; the
 population evaluators also report how far each BN layer's running averages are from
 its population statistics.
+
+``--init_from=DIR`` evaluates other weights instead of a workdir: converted torchvision
+weights (``python -m cnn_arch.convert``), a workdir or a checkpoint, in the run that
+``--config`` (with ``--config.<key>=<value>`` overrides) describes; their classifier
+must fit the config's number of classes. The table is printed, the JSON written to
+``--output`` if given.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
 
 from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from cnn_arch import evaluators, parallel  # noqa: E402
 from cnn_arch import run as run_lib  # noqa: E402
@@ -57,6 +65,11 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides the config's data_d
 _WORKDIRS = flags.DEFINE_list(
     "workdirs", [], "Ensembles: the other members' training workdirs (same dataset)."
 )
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "Instead of --workdir: converted weights, a workdir or a checkpoint."
+)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "With --init_from: the run's config.")
+_OUTPUT = flags.DEFINE_string("output", None, "With --init_from: write the JSON report here.")
 
 
 def resolve(
@@ -102,12 +115,45 @@ def evaluate_workdir(
     """Each named evaluator's metrics on the latest checkpoint of ``workdir`` (ensembles:
     with the networks of ``workdirs``)."""
     run, state = run_lib.from_workdir(workdir, data_dir=data_dir, mesh=mesh)
+    source = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(state.step)}
+    return evaluate_state(run, state, names, source, num_batches, batch_size, workdirs)
+
+
+def evaluate_init_from(
+    config,
+    names: list[str],
+    *,
+    num_batches: int = 100,
+    batch_size: int = 0,
+    workdirs: list[str] = (),
+    mesh=None,
+) -> dict[str, Any]:
+    """Each named evaluator's metrics on the weights of ``config.init_from`` (converted
+    or our own), in the run ``config`` describes; a head of another number of classes
+    is an error here (a fresh head has nothing to evaluate)."""
+    if not config.init_from:
+        raise UserError("--init_from: name the weights to evaluate")
+    run = run_lib.build(config, mesh)
+    state = run.init_state(warm_start=True, new_head=False)
+    source = {"init_from": os.path.abspath(config.init_from), "checkpoint_step": None}
+    return evaluate_state(run, state, names, source, num_batches, batch_size, workdirs)
+
+
+def evaluate_state(
+    run: run_lib.Run,
+    state,
+    names: list[str],
+    source: dict[str, Any],
+    num_batches: int = 100,
+    batch_size: int = 0,
+    workdirs: list[str] = (),
+) -> dict[str, Any]:
+    """The report of ``names``' evaluators on ``state``; ``source`` says where it came from."""
     specs = resolve(
         names, run.config, num_batches=num_batches, batch_size=batch_size, workdirs=workdirs
     )
     report: dict[str, Any] = {
-        "workdir": os.path.abspath(workdir),
-        "checkpoint_step": int(state.step),
+        **source,
         "model": run.config.model,
         "model_kwargs": run.config.model_kwargs.to_dict(),
         "dataset": run.config.dataset,
@@ -134,9 +180,14 @@ def format_table(report: dict[str, Any]) -> str:
     rows = report["results"]
     width = max(len(name) for name in rows)
     n = next(iter(rows.values()))["num_examples"]
+    weights = (
+        f"weights {report['init_from']}"
+        if "init_from" in report
+        else f"checkpoint step {report['checkpoint_step']}"
+    )
     lines = [
         f"{report['model']} {report['model_kwargs']} on {report['dataset']} "
-        f"{report['eval_split']} ({n} examples), checkpoint step {report['checkpoint_step']}",
+        f"{report['eval_split']} ({n} examples), {weights}",
         f"{'':{width}}  {'loss':>8}  {'top-1':>8}  {'errors':>6}",
     ]
     for name, m in rows.items():
@@ -151,24 +202,60 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS narrate every read at INFO
     parallel.initialize_distributed()
     try:
-        report = evaluate_workdir(
-            _WORKDIR.value,
-            _EVALS.value,
-            num_batches=_NUM_BATCHES.value,
-            batch_size=_BATCH_SIZE.value,
-            data_dir=_DATA_DIR.value,
-            workdirs=_WORKDIRS.value,
-        )
+        if _INIT_FROM.value is not None:
+            report = evaluate_init_from(
+                _init_from_config(),
+                _EVALS.value,
+                num_batches=_NUM_BATCHES.value,
+                batch_size=_BATCH_SIZE.value,
+                workdirs=_WORKDIRS.value,
+            )
+        elif _WORKDIR.value is None:
+            raise UserError("give --workdir (a training run) or --init_from with --config")
+        else:
+            report = evaluate_workdir(
+                _WORKDIR.value,
+                _EVALS.value,
+                num_batches=_NUM_BATCHES.value,
+                batch_size=_BATCH_SIZE.value,
+                data_dir=_DATA_DIR.value,
+                workdirs=_WORKDIRS.value,
+            )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     print(format_table(report))
+    if _INIT_FROM.value is not None:
+        if _OUTPUT.value:
+            with open(_OUTPUT.value, "w") as f:
+                json.dump(report, f, indent=2)
+            print(f"wrote {_OUTPUT.value}")
+        return
     path = os.path.join(_WORKDIR.value, OUTPUT_NAME)
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {path}")
 
 
+def _init_from_config():
+    """--config with --init_from (and --data_dir) applied; a bad file is a UserError."""
+    if _WORKDIR.value is not None:
+        raise UserError("--init_from and --workdir exclude each other: evaluate one of them")
+    try:
+        config = _CONFIG.value
+        if config is None:
+            raise UserError("--init_from needs --config: the model, dataset and preprocessing")
+        config.keys()  # a file that failed to load raises only when first used
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - config files are user code
+        raise UserError(f"cannot load --config: {' '.join(str(e).split())[:300]}") from None
+    with config.unlocked():
+        config.init_from = _INIT_FROM.value
+        if _DATA_DIR.value is not None:
+            config.data_dir = _DATA_DIR.value
+    return config
+
+
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
     app.run(main)

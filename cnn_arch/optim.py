@@ -8,6 +8,9 @@ Hutter 2019, i.e. AdamW and its SGD counterpart).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import optax
 
@@ -71,7 +74,11 @@ def _scale_rule(config) -> optax.GradientTransformation:
     raise ValueError(f"optimizer={config.optimizer!r}; choose one of {OPTIMIZERS}")
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config, schedule: optax.Schedule, trainable: Callable[[Any], Any] | None = None
+) -> optax.GradientTransformation:
+    """``config``'s optimizer; with ``trainable`` (params -> tree of bools) the other
+    parameters get zero updates (no weight decay either) and keep no optimizer state."""
     mode = "decoupled" if config.optimizer == "adamw" else config.weight_decay_mode
     parts = [_scale_rule(config)]
     if config.weight_decay:
@@ -79,4 +86,11 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
         decay = optax.add_decayed_weights(config.weight_decay, mask=mask)
         parts.insert(0 if mode == "l2" else 1, decay)
     parts.append(optax.scale_by_learning_rate(schedule))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if trainable is None:
+        return tx
+
+    def labels(params):
+        return jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

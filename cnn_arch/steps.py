@@ -62,6 +62,7 @@ def train_step(
     schedule: optax.Schedule,
     skip_nonfinite: bool,
     per_device_bn_mesh=None,
+    trainable: Callable[[Any], Any] | None = None,
 ):
     """One optimizer step on a global batch; returns the new state and batch-mean metrics.
 
@@ -72,13 +73,21 @@ def train_step(
     ``skip_nonfinite`` such an update is dropped (params, BN statistics and optimizer
     state stay as they were), as fp16 dynamic loss scaling does; the step counter still
     advances so the data moves on.
+
+    With ``trainable`` (params -> tree of bools; ``config.trainable='head'``) only those
+    parameters learn, and the network runs in inference mode: the frozen layers are a
+    fixed feature extractor (BN normalizes with its running averages, which stay as
+    they are; no dropout), as Keras treats a frozen BatchNormalization layer.
     """
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         rngs = {"dropout": step_rng}
-        if per_device_bn_mesh is not None:
+        if trainable is not None:
+            outputs = model.apply(variables, batch["image"], train=False)
+            batch_stats = state.batch_stats
+        elif per_device_bn_mesh is not None:
             outputs, batch_stats = norm.apply_per_device(
                 model, variables, batch["image"], mesh=per_device_bn_mesh, rngs=rngs
             )
@@ -93,6 +102,8 @@ def train_step(
     (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
+    if trainable is not None:  # frozen: no gradient (XLA then skips their backward pass)
+        grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(grads))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)

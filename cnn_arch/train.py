@@ -349,9 +349,11 @@ def _train_locked(run: run_lib.Run, workdir: str) -> dict[str, float]:
         )
         state = ckpts.restore_latest(run.init_state())
         if state is None:
-            state = run.init_state()
+            state = run.init_state(warm_start=True)  # config.init_from's weights, if set
         else:
             logging.info("Resumed from %s at step %d.", ckpts.directory, int(state.step))
+            if config.init_from:
+                logging.info("config.init_from is not read: resuming this workdir wins.")
         if int(state.step) >= run.total_steps:
             logging.info(
                 "Training already finished (step %d of %d); nothing to do.",

@@ -36,6 +36,8 @@ def validate_config(config, device_count: int | None = None) -> None:
         isinstance(config.num_epochs, int | float) and config.num_epochs > 0
     ):
         _fail("num_epochs", config.num_epochs, "it must be > 0 when num_train_steps is -1")
+    if config.trainable == "head" and not config.init_from:
+        _fail("trainable", config.trainable, "freezing all but the head needs config.init_from")
     if config.schedule == "step" and not config.lr_decay_epochs:
         _fail("lr_decay_epochs", config.lr_decay_epochs, "schedule='step' needs epochs to decay at")
     device_count = jax.device_count() if device_count is None else device_count

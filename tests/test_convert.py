@@ -57,19 +57,9 @@ NON_SQUARE_DEFAULT |= {"densenet121", "squeezenet1_0", "squeezenet1_1", "shuffle
 TRAIN_DEFAULT = {"googlenet_aux", "resnet50", "shufflenet_v2_x0_5"}
 BN_FREE = {"alexnet", "squeezenet1_0", "squeezenet1_1"} | {v for v in VGGS if "_bn" not in v}
 
-# densenet.py pools its transitions with 'SAME' padding, torchvision with a floor-mode
-# AvgPool2d(2, 2): equal on even maps only (at 199x257 the block-1 map is 50x65).
-DENSENET_ODD = pytest.mark.xfail(
-    strict=True,
-    reason="densenet.py transition pool nn.avg_pool(padding='SAME') keeps ceil(H/2) rows, "
-    "torchvision's AvgPool2d(2, 2) floor(H/2): 50x65 -> 25x33 here, 25x32 there",
-)
-
 
 def _case(model: str, mode: str, size: tuple[int, int], default: bool):
     marks = [] if default else [pytest.mark.slow]
-    if model.startswith("densenet") and (size[0] % 32 or size[1] % 32):
-        marks.append(DENSENET_ODD)
     return pytest.param(model, mode, size, marks=marks, id=f"{model}-{mode}-{size[0]}x{size[1]}")
 
 

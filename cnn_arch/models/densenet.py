@@ -16,9 +16,11 @@ densenet169 14,149,480; densenet201 20,013,928.
 (Sec. 3, "Implementation Details"); 769,162 parameters at 10 classes, convs without
 bias as in the PyTorch port bamos/densenet.pytorch.
 
-Transitions pool with 'SAME' padding (padded cells excluded from the mean): identical
-to torchvision for even maps (every map at 224x224 or 32x32), and odd small inputs
-such as 28x28 keep a non-empty map down to the last block.
+Transitions pool like torchvision's ``AvgPool2d(2, 2)``: no padding, floor of odd
+sizes (a 50x65 map becomes 25x32), so converted torchvision weights give its outputs at
+any input size. A map smaller than the 2x2 window becomes 1x1 (``layers.pool2d``'s
+small-input rule, where torchvision would fail), so small inputs such as 28x28 keep a
+non-empty map down to the last block.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class DenseNet(nn.Module):
             if b < len(self.block_sizes):
                 x = act(norm(name=f"transition{b}_norm")(x))
                 x = conv(int(x.shape[-1] * self.compression), (1, 1), name=f"transition{b}_conv")(x)
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME", count_include_pad=False)
+                x = layers.pool2d(x, "avg", 2, 2)  # floor mode, as torchvision's AvgPool2d(2, 2)
         x = act(norm(name="norm5")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
