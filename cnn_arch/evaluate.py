@@ -25,6 +25,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from cnn_arch import evaluators, parallel  # noqa: E402
 from cnn_arch import run as run_lib  # noqa: E402
+from cnn_arch import workdir as workdir_lib  # noqa: E402
 from cnn_arch.errors import UserError  # noqa: E402
 from cnn_arch.evaluators.bn import layer_shifts  # noqa: E402
 
@@ -106,7 +107,7 @@ def evaluate_workdir(
         names, run.config, num_batches=num_batches, batch_size=batch_size, workdirs=workdirs
     )
     report: dict[str, Any] = {
-        "workdir": os.path.abspath(workdir),
+        "workdir": str(workdir_lib.path(workdir)),
         "checkpoint_step": int(state.step),
         "model": run.config.model,
         "model_kwargs": run.config.model_kwargs.to_dict(),
@@ -163,9 +164,8 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     print(format_table(report))
-    path = os.path.join(_WORKDIR.value, OUTPUT_NAME)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    path = workdir_lib.path(_WORKDIR.value) / OUTPUT_NAME
+    workdir_lib.write_atomic(path, json.dumps(report, indent=2))
     print(f"wrote {path}")
 
 
