@@ -77,15 +77,16 @@ class StopSignals:
 
 def _prepare_workdir(workdir: str) -> None:
     path = workdir_lib.path(workdir)  # local or gs://: never a local folder named "gs:"
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
     try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_test_{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-    except workdir_lib.storage_errors() as e:
-        cause = getattr(e, "strerror", None) or getattr(e, "message", None) or e
+    except workdir_lib.storage_errors() as e:  # e.g. a bucket that cannot be reached
+        cause = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        cause = " ".join(cause.split())[:300]
         raise UserError(f"--workdir={workdir} is not writable ({cause})") from None
 
 

@@ -195,3 +195,12 @@ def test_remote_lock_token_protocol(ram, monkeypatch):
     with workdir_lib.WorkdirLock(workdir) as lock:
         assert lock.held
     assert not lock_path.exists()
+
+
+def test_an_unreachable_bucket_is_one_error_line(ram, monkeypatch):
+    def unreachable(path):
+        raise tf.errors.FailedPreconditionError(None, None, "Could not resolve host: x")
+
+    monkeypatch.setattr(backend.tf_backend, "exists", unreachable)
+    with pytest.raises(UserError, match=r"--workdir=ram://.* is not writable \(Could not resolve"):
+        train._prepare_workdir(f"{ram}/run")
