@@ -7,6 +7,12 @@ and verified on restore. A latest checkpoint that cannot be read, or whose bytes
 longer match its sums, is reported with its path, moved aside, and the previous one
 is used instead. A checkpoint folder that cannot be written (read-only, disk full) is
 a ``StorageError`` naming the path and the cause; the checkpoints before it stay.
+
+Paths are ``epath`` paths (``cnn_arch.workdir.path``): local folders and ``gs://``
+buckets. Orbax writes the arrays through TensorStore, which it points at GCS for
+``gs://`` and at the local ``file`` driver for everything else; a URI of any other
+filesystem (``ram://``, ``s3://``, ...) is refused at start with a ``UserError``
+rather than failing in the first background save.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from cnn_arch import workdir as workdir_lib
 from cnn_arch.errors import UserError
+
+# URI schemes whose checkpoints Orbax can write: TensorStore has a driver for them.
+ORBAX_SCHEMES = ("gs://",)
 
 
 class StorageError(UserError):
@@ -46,34 +56,58 @@ def _cause(e: BaseException) -> str:
     return text[:300]
 
 
-def _probe_writable(directory: str) -> None:
+def _probe_writable(directory: epath.Path) -> None:
     try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("x")
-        os.remove(probe)
-    except OSError as e:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write_test_{os.getpid()}"
+        probe.write_text("x")
+        probe.unlink()
+    except workdir_lib.storage_errors() as e:
         raise StorageError(f"cannot write checkpoints to {directory}: {_cause(e)}") from None
 
 
-def _file_sums(root: str) -> dict[str, str]:
+def _file_sums(root: epath.Path) -> dict[str, str]:
     sums = {}
-    for folder, _, files in os.walk(root):
+    for folder, _, files in root.walk():
         for name in files:
-            path = os.path.join(folder, name)
+            path = folder / name
             digest = hashlib.sha256()
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 for chunk in iter(lambda f=f: f.read(1 << 20), b""):
                     digest.update(chunk)
-            sums[os.path.relpath(path, root)] = digest.hexdigest()
+            sums[str(path.relative_to(root))] = digest.hexdigest()
     return sums
+
+
+def _move_tree(src: epath.Path, dest: epath.Path) -> None:
+    """A local folder is renamed; through gfile a folder rename is not recursive on
+    every filesystem (``ram://`` moves only the folder entry), so files are copied."""
+    if workdir_lib.is_local(src):
+        src.rename(dest)
+        return
+    for folder, _, files in src.walk():
+        target = dest / folder.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (folder / name).copy(target / name)
+    src.rmtree()
+
+
+def _check_orbax_can_write(directory: str) -> None:
+    if workdir_lib.is_local(directory) or directory.startswith(ORBAX_SCHEMES):
+        return
+    raise UserError(
+        f"cannot keep checkpoints in {directory}: Orbax writes checkpoint arrays through "
+        f"TensorStore, which reaches local folders and {', '.join(ORBAX_SCHEMES)} only; use a "
+        "workdir on one of those"
+    )
 
 
 class Checkpoints:
     def __init__(self, directory: str, keep: int):
-        self.directory = os.path.abspath(directory)
-        self.sums_dir = os.path.join(os.path.dirname(self.directory), "checksums")
+        _check_orbax_can_write(str(directory))
+        self.directory = workdir_lib.path(directory)
+        self.sums_dir = self.directory.parent / "checksums"
         if jax.process_index() == 0:
             _probe_writable(self.directory)
         self._manager = ocp.CheckpointManager(
@@ -85,8 +119,8 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def path(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def path(self, step: int) -> epath.Path:
+        return self.directory / str(step)
 
     def save(self, step: int, state) -> None:
         """Starts an asynchronous save; ``wait`` blocks until it is committed. A failure
@@ -127,27 +161,23 @@ class Checkpoints:
             return
         steps = self._manager.all_steps()
         try:
-            os.makedirs(self.sums_dir, exist_ok=True)
+            self.sums_dir.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                target = os.path.join(self.sums_dir, f"{step}.json")
-                if not os.path.exists(target):
-                    tmp = f"{target}.tmp"
-                    with open(tmp, "w") as f:
-                        json.dump(_file_sums(self.path(step)), f)
-                    os.replace(tmp, target)
-            for name in os.listdir(self.sums_dir):  # sums of checkpoints Orbax deleted
-                if name.endswith(".json") and int(name[:-5]) not in steps:
-                    os.remove(os.path.join(self.sums_dir, name))
-        except OSError as e:
+                target = self.sums_dir / f"{step}.json"
+                if not target.exists():
+                    workdir_lib.write_atomic(target, json.dumps(_file_sums(self.path(step))))
+            for sums in self.sums_dir.iterdir():  # sums of checkpoints Orbax deleted
+                if sums.name.endswith(".json") and int(sums.name[:-5]) not in steps:
+                    sums.unlink()
+        except workdir_lib.storage_errors() as e:
             raise StorageError(f"cannot write checksums to {self.sums_dir}: {_cause(e)}") from None
 
     def _verify(self, step: int) -> None:
         """Raises ValueError naming a file whose bytes changed since it was committed."""
-        target = os.path.join(self.sums_dir, f"{step}.json")
-        if not os.path.exists(target):
+        target = self.sums_dir / f"{step}.json"
+        if not target.exists():
             return  # written by an older version, or killed before its sums were written
-        with open(target) as f:
-            want = json.load(f)
+        want = json.loads(target.read_text())
         got = _file_sums(self.path(step))
         for name, digest in want.items():
             if got.get(name) != digest:
@@ -192,16 +222,16 @@ class Checkpoints:
             )
         return None
 
-    def _set_aside(self, step: int) -> str:
+    def _set_aside(self, step: int) -> epath.Path:
         if jax.process_index() != 0:
             return self.path(step)
-        dest_dir = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
-        os.makedirs(dest_dir, exist_ok=True)
-        dest = os.path.join(dest_dir, f"{step}-{int(time.time())}")
-        shutil.move(self.path(step), dest)
-        sums = os.path.join(self.sums_dir, f"{step}.json")
-        if os.path.exists(sums):
-            shutil.move(sums, os.path.join(dest, "checksums.json"))
+        dest_dir = self.directory.parent / "corrupt_checkpoints"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{step}-{int(time.time())}"
+        _move_tree(self.path(step), dest)
+        sums = self.sums_dir / f"{step}.json"
+        if sums.exists():
+            sums.rename(dest / "checksums.json")
         self._manager.reload()
         return dest
 

@@ -33,6 +33,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from cnn_arch import evaluators, parallel  # noqa: E402
 from cnn_arch import run as run_lib  # noqa: E402
+from cnn_arch import workdir as workdir_lib  # noqa: E402
 from cnn_arch.errors import UserError  # noqa: E402
 from cnn_arch.evaluators.bn import layer_shifts  # noqa: E402
 
@@ -115,7 +116,7 @@ def evaluate_workdir(
     """Each named evaluator's metrics on the latest checkpoint of ``workdir`` (ensembles:
     with the networks of ``workdirs``)."""
     run, state = run_lib.from_workdir(workdir, data_dir=data_dir, mesh=mesh)
-    source = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(state.step)}
+    source = {"workdir": str(workdir_lib.path(workdir)), "checkpoint_step": int(state.step)}
     return evaluate_state(run, state, names, source, num_batches, batch_size, workdirs)
 
 
@@ -231,9 +232,8 @@ def main(argv: list[str]) -> None:
                 json.dump(report, f, indent=2)
             print(f"wrote {_OUTPUT.value}")
         return
-    path = os.path.join(_WORKDIR.value, OUTPUT_NAME)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    path = workdir_lib.path(_WORKDIR.value) / OUTPUT_NAME
+    workdir_lib.write_atomic(path, json.dumps(report, indent=2))
     print(f"wrote {path}")
 
 

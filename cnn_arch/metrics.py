@@ -8,12 +8,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
 
 import jax
 from clu import metric_writers
+from etils import epath
 
 
 def averages(sums: dict[str, float]) -> dict[str, float]:
@@ -27,37 +27,44 @@ def averages(sums: dict[str, float]) -> dict[str, float]:
 class Writer:
     """TensorBoard events (clu's SummaryWriter) and metrics.jsonl, one JSON object per
     line. Only process 0 writes; on other processes ``write`` does nothing. The
-    human-readable progress line is logged by the training loop."""
+    human-readable progress line is logged by the training loop. Both go through
+    ``tf.io.gfile``/``epath``, so ``workdir`` may be a ``gs://`` URI (where each row's
+    append re-uploads the file: fine for a log of a few MB)."""
 
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
-        self._tb = metric_writers.SummaryWriter(workdir) if self.active else None
-        self._jsonl = None
-        if self.active:
-            path = os.path.join(workdir, "metrics.jsonl")
-            self._jsonl = open(path, "a")
+        self._tb = metric_writers.SummaryWriter(str(workdir)) if self.active else None
+        self._jsonl = epath.Path(workdir) / "metrics.jsonl"
+        if self.active and self._jsonl.exists() and not _ends_with_newline(self._jsonl):
             # A run killed mid-write leaves a partial last line: end it, so the next row
             # starts on its own line instead of being glued onto the fragment.
-            if self._jsonl.tell() and not _ends_with_newline(path):
-                self._jsonl.write("\n")
+            self._append("\n")
+
+    def _append(self, text: str) -> None:
+        # Opened per row: epath's gfile files live only inside ``with``, and a closed
+        # file is a committed one on every filesystem.
+        with self._jsonl.open("a") as f:
+            f.write(text)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.active:
             return
         self._tb.write_scalars(step, {f"{split}/{k}": v for k, v in values.items()})
         self._tb.flush()
-        self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        self._jsonl.flush()
+        self._append(json.dumps({"step": step, "split": split, **values}) + "\n")
 
     def close(self) -> None:
         if self.active:
             self._tb.close()
-            self._jsonl.close()
 
 
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
+def _ends_with_newline(path: epath.Path) -> bool:
+    """True for an empty file too (gfile files cannot seek from the end: use the size)."""
+    size = path.stat().length
+    if not size:
+        return True
+    with path.open("rb") as f:
+        f.seek(size - 1)
         return f.read(1) == b"\n"
 
 

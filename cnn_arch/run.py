@@ -27,6 +27,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from cnn_arch import checkpoint, data, finetune, models, optim, parallel, schema, steps, tasks
+from cnn_arch import workdir as workdir_lib
 from cnn_arch.errors import UserError
 from cnn_arch.validate import validate_config
 
@@ -198,13 +199,12 @@ def _check_input_fits(model: nn.Module, config, image_shape) -> None:
 def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
     """The ``config.json`` a training run wrote into ``workdir``, on top of the schema's
     defaults (so a workdir older than a key still loads); ``None`` overrides are skipped."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = workdir_lib.path(workdir) / "config.json"
+    if not path.is_file():
         raise UserError(
             f"{path} does not exist: --workdir must be a folder written by the training CLI"
         )
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     config = schema.default_config()
     config.update({k: v for k, v in saved.items() if k in schema.KEYS})
     for key, value in overrides.items():

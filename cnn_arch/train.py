@@ -76,16 +76,18 @@ class StopSignals:
 
 
 def _prepare_workdir(workdir: str) -> None:
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
+    path = workdir_lib.path(workdir)  # local or gs://: never a local folder named "gs:"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--workdir={workdir} is not writable ({e.strerror or e})") from None
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except workdir_lib.storage_errors() as e:  # e.g. a bucket that cannot be reached
+        cause = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        cause = " ".join(cause.split())[:300]
+        raise UserError(f"--workdir={workdir} is not writable ({cause})") from None
 
 
 def _occurrences(period: int, after: int, total: int) -> int:
@@ -335,7 +337,7 @@ def train_and_evaluate(
 def _train_locked(run: run_lib.Run, workdir: str) -> dict[str, float]:
     config = run.config
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    final_path = os.path.join(workdir, "final_eval.json")
+    final_path = workdir_lib.path(workdir) / "final_eval.json"
     try:
         latest = ckpts.latest_step()
         _on_process_zero(
@@ -360,10 +362,9 @@ def _train_locked(run: run_lib.Run, workdir: str) -> dict[str, float]:
                 int(state.step),
                 run.total_steps,
             )
-            if not os.path.exists(final_path):
+            if not final_path.exists():
                 return {}
-            with open(final_path) as f:
-                return json.load(f)
+            return json.loads(final_path.read_text())
         logging.info(
             "Training %s (%s) on %s: %d steps (%d per epoch), global batch %d on %d devices.",
             config.model,
@@ -384,6 +385,5 @@ def _train_locked(run: run_lib.Run, workdir: str) -> dict[str, float]:
         ckpts.close()
     final = results[loop.evaluators[0].name]
     if jax.process_index() == 0:
-        with open(final_path, "w") as f:
-            json.dump(final, f)
+        workdir_lib.write_atomic(final_path, json.dumps(final))
     return final

