@@ -127,7 +127,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
         )
     _check_input_fits(model, config, info.image_shape)
     schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
+    tx = optim.make_optimizer(config, schedule, steps_per_epoch)
     return Run(config, mesh, info, model, task, schedule, tx, steps_per_epoch, total_steps)
 
 
