@@ -23,7 +23,10 @@ Full recipe on an accelerator: configs/{plain20,plain56,resnet20,resnet56}_cifar
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
+import os
 import re
 import shutil
 import sys
@@ -55,9 +58,9 @@ SCALES = {
     # subset; steps at batch 128; test / train_eval: evaluated images; evals: points on
     # the curves; grad_step: when the second gradient profile is taken.
     "default": {
-        "width": 0.5,
+        "width": 0.25,
         "train": 10_000,
-        "steps": 400,
+        "steps": 320,
         "batch": 128,
         "test": 1_000,
         "train_eval": 1_000,
@@ -176,6 +179,16 @@ def run_model(model: str, scale: dict, seed: int, data_dir: str, workdir: Path) 
         "grad_norms": grads,
         "wall_seconds": wall,
     }
+
+
+def _run_in_worker(model, scale, seed, data_dir, workdir, cache) -> dict:
+    """run_model in a spawned process (its own JAX runtime), quiet, sharing the cache."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging
+
+    _runs.use_compilation_cache(cache)
+    logging.set_verbosity(logging.WARNING)
+    return run_model(model, scale, seed, data_dir, Path(workdir))
 
 
 def summarize(results: list[dict]) -> dict:
@@ -322,6 +335,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out_dir", default=str(ROOT / "experiments" / "results"))
     parser.add_argument("--workdir", default="", help="'' = a temporary folder, removed after")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="runs trained at once, each in its own process (1 = one after another here)",
+    )
+    parser.add_argument(
         "--compilation_cache",
         default="",
         help="JAX compilation cache folder; '' = one inside the workdir (the two stages of a "
@@ -330,26 +349,41 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if any(s < 0 for s in args.seeds):
         raise UserError(f"--seeds={args.seeds}: seeds must be >= 0")
+    if args.workers < 1:
+        raise UserError(f"--workers={args.workers}: it must be >= 1")
     if not Path(args.data_dir).is_dir():
         raise UserError(f"--data_dir={args.data_dir} is not a directory")
 
     scale = SCALES[args.scale]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="degradation_"))
-    _runs.use_compilation_cache(args.compilation_cache or str(work / "jax_cache"))
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
+    cache = args.compilation_cache or str(work / "jax_cache")
+    # Longest first, so that with 2 workers each takes one 56-layer net and one 20-layer net.
+    jobs = [
+        (m, seed) for seed in args.seeds for m in ("plain56", "resnet56", "plain20", "resnet20")
+    ]
     t0 = time.perf_counter()
     results = []
-    for seed in args.seeds:
-        for model in MODELS:
-            r = run_model(model, scale, seed, args.data_dir, work / f"{model}_s{seed}")
-            results.append(r)
-            print(
-                f"{model:9s} seed {seed}: train error {100 * r['train_error']:.2f}% test error "
-                f"{100 * r['test_error']:.2f}% ({r['wall_seconds']:.0f} s)",
-                flush=True,
-            )
+
+    def report(r: dict) -> None:
+        results.append(r)
+        print(
+            f"{r['model']:9s} seed {r['seed']}: train error {100 * r['train_error']:.2f}% test "
+            f"error {100 * r['test_error']:.2f}% ({r['wall_seconds']:.0f} s)",
+            flush=True,
+        )
+
+    args_of = [(m, scale, s, args.data_dir, str(work / f"{m}_s{s}"), cache) for m, s in jobs]
+    if args.workers == 1:
+        for job in args_of:
+            report(_run_in_worker(*job))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            for future in concurrent.futures.as_completed(
+                [pool.submit(_run_in_worker, *job) for job in args_of]
+            ):
+                report(future.result())
+    results.sort(key=lambda r: (r["seed"], MODELS.index(r["model"])))
     wall = time.perf_counter() - t0
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
