@@ -140,7 +140,7 @@ def kernel_grad_norms(workdir: str | None, config) -> dict[str, float]:
         outputs, _ = run.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
         return run.task.loss(outputs, batch)[0]
 
-    grads = jax.grad(loss)(state.params)
+    grads = jax.jit(jax.grad(loss))(state.params)
     norms = {}
     for keys, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         names = [str(getattr(k, "key", k)) for k in keys]
@@ -149,19 +149,47 @@ def kernel_grad_norms(workdir: str | None, config) -> dict[str, float]:
     return dict(sorted(norms.items(), key=lambda kv: _layer_order(kv[0])))
 
 
-def run_model(model: str, scale: dict, seed: int, data_dir: str, workdir: Path) -> dict:
+def _latest_checkpoint(workdir: Path) -> int:
+    folder = workdir / "checkpoints"
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps, default=0)
+
+
+def run_model(
+    model: str, scale: dict, seed: int, data_dir: str, workdir: Path, resume: bool = False
+) -> dict:
+    """Trains one net (with its two gradient profiles) and returns every number of it.
+
+    With ``resume``, a workdir an interrupted invocation left continues from its last
+    checkpoint (the loop resumes exactly), its saved gradient profiles are kept and a
+    finished run (``result.json``) is reused; otherwise the workdir starts fresh."""
     from cnn_arch import train
 
-    if workdir.exists():
-        shutil.rmtree(workdir)  # a fresh run, never one left by an earlier invocation
+    result_path, grads_path = workdir / "result.json", workdir / "grad_norms.json"
+    if resume and result_path.exists():
+        return json.loads(result_path.read_text())
+    if workdir.exists() and not resume:
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    grads = json.loads(grads_path.read_text()) if grads_path.exists() else {}
+    resumed_from = _latest_checkpoint(workdir)
     t0 = time.perf_counter()
-    grads = {}
     full = config_for(model, scale, seed, data_dir, scale["steps"])
     if model in GRAD_MODELS:
-        grads["0"] = kernel_grad_norms(None, full)
-        first = config_for(model, scale, seed, data_dir, scale["grad_step"])
-        train.train_and_evaluate(first, str(workdir))
-        grads[str(scale["grad_step"])] = kernel_grad_norms(str(workdir), first)
+        if "0" not in grads:
+            grads["0"] = kernel_grad_norms(None, full)
+            grads_path.write_text(json.dumps(grads))
+        later = str(scale["grad_step"])
+        if later not in grads:
+            if resumed_from > scale["grad_step"]:
+                raise UserError(
+                    f"{workdir} is past step {later} without its gradient profile; rerun "
+                    "without --resume"
+                )
+            first = config_for(model, scale, seed, data_dir, scale["grad_step"])
+            train.train_and_evaluate(first, str(workdir))
+            grads[later] = kernel_grad_norms(str(workdir), first)
+            grads_path.write_text(json.dumps(grads))
     train.train_and_evaluate(full, str(workdir))  # resumes at grad_step when it stopped there
     wall = time.perf_counter() - t0
     rows = _runs.read_metrics(str(workdir))
@@ -169,7 +197,7 @@ def run_model(model: str, scale: dict, seed: int, data_dir: str, workdir: Path) 
         split: [[s, 1.0 - float(r["top1"])] for s, r in rows[split].items()]
         for split in ("eval", "train_clean", "train")
     }
-    return {
+    result = {
         "model": model,
         "seed": seed,
         "train_error": curves["train_clean"][-1][1],
@@ -177,18 +205,21 @@ def run_model(model: str, scale: dict, seed: int, data_dir: str, workdir: Path) 
         "augmented_train_error_last_window": curves["train"][-1][1],
         "curves": curves,  # [step, error]; 'train' is the augmented batches' running mean
         "grad_norms": grads,
-        "wall_seconds": wall,
+        "wall_seconds": wall,  # of this invocation: from resumed_from_step on
+        "resumed_from_step": resumed_from,
     }
+    result_path.write_text(json.dumps(result))
+    return result
 
 
-def _run_in_worker(model, scale, seed, data_dir, workdir, cache) -> dict:
+def _run_in_worker(model, scale, seed, data_dir, workdir, cache, resume) -> dict:
     """run_model in a spawned process (its own JAX runtime), quiet, sharing the cache."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
 
     _runs.use_compilation_cache(cache)
     logging.set_verbosity(logging.WARNING)
-    return run_model(model, scale, seed, data_dir, Path(workdir))
+    return run_model(model, scale, seed, data_dir, Path(workdir), resume)
 
 
 def summarize(results: list[dict]) -> dict:
@@ -307,6 +338,19 @@ def _markdown(meta: dict, summary: dict, results: list[dict], scale: dict) -> st
         "Paper, Fig. 6: plain-56 has higher training *and* test error than plain-20 over "
         "the whole run; ResNet-56 lower than ResNet-20. ± is the spread over seeds (0 "
         "with one seed).",
+    ]
+    resumed = [r for r in results if r.get("resumed_from_step")]
+    if resumed:
+        lines += [
+            "",
+            "Resumed runs (`--resume`; the loop resumes bitwise): "
+            + "; ".join(
+                f"{r['model']} from its step-{r['resumed_from_step']} checkpoint" for r in resumed
+            )
+            + ". Their wall column counts this invocation only; runs resumed at their last "
+            "step were trained by an earlier, interrupted invocation of the same command.",
+        ]
+    lines += [
         "",
         "## Per-layer gradient norm (right panel)",
         "",
@@ -334,6 +378,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data_dir", default=_runs.default_data_dir())
     parser.add_argument("--out_dir", default=str(ROOT / "experiments" / "results"))
     parser.add_argument("--workdir", default="", help="'' = a temporary folder, removed after")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs an interrupted invocation left in --workdir (reuse finished ones)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -372,7 +421,9 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
 
-    args_of = [(m, scale, s, args.data_dir, str(work / f"{m}_s{s}"), cache) for m, s in jobs]
+    args_of = [
+        (m, scale, s, args.data_dir, str(work / f"{m}_s{s}"), cache, args.resume) for m, s in jobs
+    ]
     if args.workers == 1:
         for job in args_of:
             report(_run_in_worker(*job))
