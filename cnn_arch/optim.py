@@ -4,6 +4,16 @@ Every optimizer is ``chain(scale_by_<rule>, scale_by_learning_rate(schedule))`` 
 weight decay inserted either before the rule ('l2': the gradient of
 0.5 * wd * ||w||^2, exactly an L2 loss term) or after it ('decoupled': Loshchilov &
 Hutter 2019, i.e. AdamW and its SGD counterpart).
+
+``schedule='plateau'`` ("divide by 10 when the error plateaus": AlexNet Sec. 5, VGG
+Sec. 3.1, ResNet Sec. 3.4) is the one schedule that depends on the run's own progress:
+a last ``reduce_on_plateau`` link multiplies the updates by a scale that drops by
+``lr_decay_factor`` when the training loss, averaged over ``plateau_window_epochs``,
+has not improved by ``plateau_rtol`` for ``plateau_patience`` windows. Its counters
+live in the optimizer state, so they are checkpointed with the TrainState and a
+resumed run continues exactly; the train step feeds it the batch loss
+(``tx.update(..., value=loss)``). The papers watched the validation error; the
+training loss needs no held-out split and no host round trip.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import jax
 import optax
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
@@ -30,7 +40,7 @@ def make_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sched
     """The learning rate at each step: optional linear warmup, then ``config.schedule``."""
     lr = base_learning_rate(config)
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "constant":
+    if config.schedule in ("constant", "plateau"):  # plateau: the scale is in the optimizer
         main = optax.constant_schedule(lr)
     elif config.schedule == "step":  # x lr_decay_factor at each epoch listed (ResNet, Sec. 3.4)
         boundaries = {
@@ -74,11 +84,46 @@ def _scale_rule(config) -> optax.GradientTransformation:
     raise ValueError(f"optimizer={config.optimizer!r}; choose one of {OPTIMIZERS}")
 
 
+def plateau(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+    """Scales updates by a factor that drops x``lr_decay_factor`` on a loss plateau.
+
+    ``update(..., value=loss)`` feeds it one loss per step; without ``value`` (e.g. a
+    benchmark's update) it applies the current scale and leaves its counters alone."""
+    inner = optax.contrib.reduce_on_plateau(
+        factor=config.lr_decay_factor,
+        patience=config.plateau_patience,
+        rtol=config.plateau_rtol,
+        accumulation_size=max(1, round(config.plateau_window_epochs * steps_per_epoch)),
+    )
+
+    def update(updates, state, params=None, *, value=None, **extra):
+        if value is None:
+            return jax.tree.map(lambda u: state.scale * u, updates), state
+        return inner.update(updates, state, params, value=value)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+def plateau_scale(opt_state) -> jax.Array | float:
+    """The plateau schedule's current multiplier of the learning rate (1.0 without one)."""
+    leaves = jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+    )
+    for leaf in leaves:
+        if isinstance(leaf, optax.contrib.ReduceLROnPlateauState):
+            return leaf.scale
+    return 1.0
+
+
 def make_optimizer(
-    config, schedule: optax.Schedule, trainable: Callable[[Any], Any] | None = None
+    config,
+    schedule: optax.Schedule,
+    steps_per_epoch: int = 1,
+    trainable: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
-    """``config``'s optimizer; with ``trainable`` (params -> tree of bools) the other
-    parameters get zero updates (no weight decay either) and keep no optimizer state."""
+    """The optimizer chain; ``steps_per_epoch`` sets the plateau schedule's window. With
+    ``trainable`` (params -> tree of bools) the other parameters get zero updates (no
+    weight decay either) and keep no optimizer state."""
     mode = "decoupled" if config.optimizer == "adamw" else config.weight_decay_mode
     parts = [_scale_rule(config)]
     if config.weight_decay:
@@ -86,6 +131,8 @@ def make_optimizer(
         decay = optax.add_decayed_weights(config.weight_decay, mask=mask)
         parts.insert(0 if mode == "l2" else 1, decay)
     parts.append(optax.scale_by_learning_rate(schedule))
+    if config.schedule == "plateau":
+        parts.append(plateau(config, steps_per_epoch))
     tx = optax.chain(*parts)
     if trainable is None:
         return tx

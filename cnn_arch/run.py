@@ -161,7 +161,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
     if config.init_from or config.trainable == "head":
         head = finetune.head_modules(model, info.image_shape)
     trainable = finetune.head_only(head) if config.trainable == "head" else None
-    tx = optim.make_optimizer(config, schedule, trainable)
+    tx = optim.make_optimizer(config, schedule, steps_per_epoch, trainable)
     return Run(config, mesh, info, model, task, schedule, tx, steps_per_epoch, total_steps, head)
 
 

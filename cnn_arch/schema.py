@@ -35,6 +35,11 @@ def positive(v) -> str | None:
     return None if _number(v) and v > 0 else "it must be a number > 0"
 
 
+def positive_int(v) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return None if ok else "it must be an integer > 0"
+
+
 def non_negative(v) -> str | None:
     return None if _number(v) and v >= 0 else "it must be a number >= 0"
 
@@ -174,13 +179,32 @@ GROUPS: dict[str, list[Key]] = {
             "schedule",
             "constant",
             "`constant`, `step` (x`lr_decay_factor` at `lr_decay_epochs`), `exponential` "
-            "(x`lr_decay_factor` every `lr_decay_every_epochs`), `cosine`",
+            "(x`lr_decay_factor` every `lr_decay_every_epochs`), `cosine`, `plateau` "
+            "(x`lr_decay_factor` when the training loss stops improving)",
             choice(*optim.SCHEDULES),
         ),
         Key("warmup_epochs", 0.0, "linear warmup from 0 before the schedule", non_negative),
         Key("lr_decay_epochs", (), "`step`: epochs at which the rate is multiplied", epochs_list),
-        Key("lr_decay_factor", 0.1, "`step` / `exponential` factor", positive),
+        Key("lr_decay_factor", 0.1, "`step` / `exponential` / `plateau` factor", positive),
         Key("lr_decay_every_epochs", 1.0, "`exponential`: decay period in epochs", positive),
+        Key(
+            "plateau_window_epochs",
+            1.0,
+            "`plateau`: the training loss is averaged over windows of this many epochs",
+            positive,
+        ),
+        Key(
+            "plateau_patience",
+            5,
+            "`plateau`: windows without improvement before the rate drops",
+            positive_int,
+        ),
+        Key(
+            "plateau_rtol",
+            1e-3,
+            "`plateau`: a window improves when its loss is below (1 - this) x the best",
+            fraction,
+        ),
         Key("momentum", 0.9, "SGD (and RMSProp) momentum", in_unit_interval),
         Key("nesterov", False, "Nesterov momentum", boolean),
         Key("adam_b1", 0.9, "Adam beta1", in_unit_interval),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cnn_arch import norm, parallel
+from cnn_arch import norm, optim, parallel
 from cnn_arch.tasks import Task
 
 
@@ -105,7 +105,8 @@ def train_step(
     if trainable is not None:  # frozen: no gradient (XLA then skips their backward pass)
         grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(grads))
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # value: the loss a plateau schedule watches (optim.plateau); other links ignore it
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
@@ -119,7 +120,7 @@ def train_step(
         "loss": loss,
         **task_metrics,
         "grad_norm": grad_norm,
-        "learning_rate": schedule(state.step),
+        "learning_rate": schedule(state.step) * optim.plateau_scale(opt_state),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
     return new_state, step_metrics

@@ -40,6 +40,10 @@ def validate_config(config, device_count: int | None = None) -> None:
         _fail("trainable", config.trainable, "freezing all but the head needs config.init_from")
     if config.schedule == "step" and not config.lr_decay_epochs:
         _fail("lr_decay_epochs", config.lr_decay_epochs, "schedule='step' needs epochs to decay at")
+    if config.schedule == "plateau" and not 0 < config.lr_decay_factor < 1:
+        _fail(
+            "lr_decay_factor", config.lr_decay_factor, "schedule='plateau' needs a factor in (0, 1)"
+        )
     device_count = jax.device_count() if device_count is None else device_count
     if config.batch_size % device_count:
         _fail(

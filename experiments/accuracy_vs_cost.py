@@ -1,0 +1,236 @@
+"""Accuracy vs cost of the ImageNet zoo (the notes' Fig. 9, after Canziani et al. 2016).
+
+For every ImageNet model of the zoo that torchvision documents: its published top-1
+(torchvision's ``IMAGENET1K_V1`` weight metadata, ``acc@1`` on the ImageNet-1k
+validation set, 224x224 centre crop; https://docs.pytorch.org/vision/stable/models.html),
+multiply-adds and parameters counted by the library (``cnn_arch.models.cost``) on our
+Flax model at 224x224x3 with 1000 classes, and inference throughput measured here: the
+library's jitted eval step (``cnn_arch.benchmark``'s synthetic run, the same step
+``--eval`` times) at batch 1 and batch 32, median of a few timed steps after one
+warm-up step. Figure: top-1 vs GMACs, bubble area = parameters.
+
+    python experiments/accuracy_vs_cost.py                  # all 29 models, ~15 min CPU
+    python experiments/accuracy_vs_cost.py --scale=smoke    # two small nets, for tests
+No GPU was available to this run; on one, the same command times the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cnn_arch.errors import UserError  # noqa: E402
+
+MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared with other jobs"
+SOURCE = (
+    "torchvision.models weight metadata, IMAGENET1K_V1 acc@1 "
+    "(https://docs.pytorch.org/vision/stable/models.html)"
+)
+# torchvision's documented ImageNet-1k top-1 (%) of its IMAGENET1K_V1 weights.
+TORCHVISION_TOP1: dict[str, float] = {
+    "alexnet": 56.522,
+    "vgg11": 69.020,
+    "vgg11_bn": 70.370,
+    "vgg13": 69.928,
+    "vgg13_bn": 71.586,
+    "vgg16": 71.592,
+    "vgg16_bn": 73.360,
+    "vgg19": 72.376,
+    "vgg19_bn": 74.218,
+    "resnet18": 69.758,
+    "resnet34": 73.314,
+    "resnet50": 76.130,
+    "resnet101": 77.374,
+    "resnet152": 78.312,
+    "resnext50_32x4d": 77.618,
+    "resnext101_32x8d": 79.312,
+    "wide_resnet50_2": 78.468,
+    "wide_resnet101_2": 78.848,
+    "densenet121": 74.434,
+    "densenet161": 77.138,
+    "densenet169": 75.600,
+    "densenet201": 76.896,
+    "googlenet": 69.778,
+    "squeezenet1_0": 58.092,
+    "squeezenet1_1": 58.178,
+    "shufflenet_v2_x0_5": 60.552,
+    "shufflenet_v2_x1_0": 69.362,
+    "shufflenet_v2_x1_5": 72.996,
+    "shufflenet_v2_x2_0": 76.230,
+}
+SCALES = {
+    # models; batch sizes timed; timed steps per batch size (after one warm-up step)
+    "default": {"models": list(TORCHVISION_TOP1), "batches": (1, 32), "steps": {1: 5, 32: 2}},
+    "smoke": {"models": ["squeezenet1_1", "alexnet"], "batches": (1, 2), "steps": {1: 1, 2: 1}},
+}
+
+
+def counts(name: str) -> dict[str, float]:
+    """Parameters and multiply-adds (conv + dense, batch 1) of our model at 224x224x3."""
+    from cnn_arch import models
+    from cnn_arch.models import cost
+
+    model = models.create(name, num_classes=1000)
+    shape = models.spec(name).input_shape
+    return {"params": cost.model_params(model, shape), "gmacs": cost.model_macs(model, shape) / 1e9}
+
+
+def throughput(name: str, batch_size: int, steps: int) -> dict[str, float]:
+    """img/s of the library's jitted eval step on random 224x224 images (median of
+    ``steps`` timed steps after one warm-up), with its CPU seconds and compile time."""
+    from cnn_arch import benchmark, models, schema
+    from cnn_arch import steps as steps_lib
+    from cnn_arch.evaluators.base import jit_eval_step
+
+    config = schema.default_config()
+    config.model = name
+    config.batch_size = batch_size
+    config.num_classes = 1000
+    run = benchmark.synthetic_run(config, models.spec(name).input_shape)
+    state = run.init_state()
+    batch = benchmark.synthetic_batch(run, batch_size)
+    compiled = benchmark.compile_step(
+        jit_eval_step(run, steps_lib.inference(run.model)), state.variables, batch
+    )
+    wall, cpu = benchmark.time_alternating(
+        {"eval": lambda: compiled.fn(state.variables, batch)}, steps, warmup=1
+    )
+    median = statistics.median(wall["eval"])
+    return {
+        "images_per_sec": batch_size / median,
+        "ms_per_step": 1e3 * median,
+        "cpu_ms_per_step": 1e3 * statistics.median(cpu["eval"]),
+        "compile_seconds": compiled.compile_seconds,
+        "timed_steps": steps,
+    }
+
+
+def _figure(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(11, 7))
+    largest = max(r["params"] for r in rows)
+    speeds = [r["throughput"]["32"]["images_per_sec"] for r in rows if "32" in r["throughput"]]
+    for r in rows:
+        area = 2500 * r["params"] / largest
+        ax.scatter(r["gmacs"], r["top1"], s=area, alpha=0.45, edgecolors="k")
+        ax.annotate(r["model"], (r["gmacs"], r["top1"]), fontsize=7, ha="center", va="center")
+    ax.set_xscale("log")
+    ax.set_xlabel("GMACs per 224x224 image (cnn_arch.models.cost, log scale)")
+    ax.set_ylabel("top-1 % (torchvision IMAGENET1K_V1)")
+    note = f"; img/s at batch 32 here: {min(speeds):.1f} to {max(speeds):.0f}" if speeds else ""
+    ax.set_title(f"ImageNet accuracy vs cost; bubble area = parameters{note}")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(meta: dict, rows: list[dict]) -> str:
+    batches = meta["batches"]
+    lines = [
+        "# Accuracy vs cost of the ImageNet zoo (the notes' Fig. 9; Canziani et al. 2016)",
+        "",
+        f"Generated by `{meta['command']}` in {meta['wall_seconds'] / 60:.1f} min on a "
+        f"{MACHINE} (no GPU in this run). Top-1: {SOURCE}. GMACs and parameters: "
+        "`cnn_arch.models.cost` on our Flax models (224x224x3, 1000 classes; GMACs count "
+        "conv + dense multiply-adds, torchvision's GFLOPS convention). Throughput: the "
+        "library's jitted eval step (`cnn_arch.benchmark`'s synthetic run and "
+        "`compile_step`/`time_alternating`, as `python -m cnn_arch.benchmark --eval`), "
+        "random images, float32, median of "
+        + ", ".join(f"{meta['steps'][str(b)]} timed steps at batch {b}" for b in batches)
+        + " after one warm-up step each: a few steps on a shared machine, so read them "
+        "as +-20%.",
+        "",
+        "![accuracy vs cost](accuracy_vs_cost.png)",
+        "",
+        "| model | top-1 % (torchvision) | GMACs | params (M) | "
+        + " | ".join(f"img/s batch {b}" for b in batches)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(batches),
+    ]
+    for r in sorted(rows, key=lambda r: r["gmacs"]):
+        speeds = " | ".join(f"{r['throughput'][str(b)]['images_per_sec']:.1f}" for b in batches)
+        lines.append(
+            f"| {r['model']} | {r['top1']:.3f} | {r['gmacs']:.3f} | {r['params'] / 1e6:.2f} | "
+            f"{speeds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="default")
+    parser.add_argument("--models", default="", help="comma-separated subset ('' = the scale's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="unused: no training")
+    parser.add_argument("--out_dir", default=str(ROOT / "experiments" / "results"))
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    names = [m for m in args.models.split(",") if m] or scale["models"]
+    unknown = [m for m in names if m not in TORCHVISION_TOP1]
+    if unknown:
+        raise UserError(
+            f"--models: {unknown} are not ImageNet zoo models torchvision documents; choose "
+            f"from {', '.join(TORCHVISION_TOP1)}"
+        )
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    t0 = time.perf_counter()
+    rows = []
+    for name in names:
+        row = {"model": name, "top1": TORCHVISION_TOP1[name], **counts(name), "throughput": {}}
+        for b in scale["batches"]:
+            row["throughput"][str(b)] = throughput(name, b, scale["steps"][b])
+        rows.append(row)
+        shown = ", ".join(
+            f"b{b} {row['throughput'][str(b)]['images_per_sec']:.1f} img/s"
+            for b in scale["batches"]
+        )
+        print(
+            f"{name:20s} top-1 {row['top1']:.2f}  {row['gmacs']:.3f} GMACs  "
+            f"{row['params'] / 1e6:.2f} M params  {shown}",
+            flush=True,
+        )
+    wall = time.perf_counter() - t0
+    meta = {
+        "command": " ".join(
+            ["python experiments/accuracy_vs_cost.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "scale": args.scale,
+        "batches": list(scale["batches"]),
+        "steps": {str(b): s for b, s in scale["steps"].items()},
+        "warmup_steps": 1,
+        "wall_seconds": wall,
+        "machine": MACHINE,
+        "top1_source": SOURCE,
+    }
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "accuracy_vs_cost.json").write_text(
+        json.dumps({"meta": meta, "models": rows}, indent=1)
+    )
+    _figure(rows, out_dir / "accuracy_vs_cost.png")
+    (out_dir / "accuracy_vs_cost.md").write_text(_markdown(meta, rows))
+    print(f"wrote {out_dir}/accuracy_vs_cost.md, .json, .png in {wall / 60:.1f} min")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -1,0 +1,70 @@
+"""experiments/accuracy_vs_cost.py: every model it lists is a zoo model with torchvision's
+counts, bad input is one error line, and (slow) the smoke scale writes its files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import accuracy_vs_cost  # noqa: E402
+import model_zoo  # noqa: E402
+
+from cnn_arch import models  # noqa: E402
+
+
+def test_every_listed_model_is_in_the_zoo_with_torchvision_reference_counts():
+    for name, top1 in accuracy_vs_cost.TORCHVISION_TOP1.items():
+        assert name in models.names()
+        assert models.spec(name).input_shape == (224, 224, 3)
+        assert "torchvision" in model_zoo.REFERENCES[name].source
+        assert 50 < top1 < 80
+
+
+def test_unknown_model_is_one_error_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/accuracy_vs_cost.py",
+            "--models=lenet5",
+            "--out_dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --models: ['lenet5']")
+
+
+@pytest.mark.slow
+def test_smoke_scale_counts_match_torchvision_and_writes_files(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/accuracy_vs_cost.py",
+            "--scale=smoke",
+            f"--out_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "accuracy_vs_cost.json").read_text())
+    assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 10_000
+    for row in report["models"]:
+        ref = model_zoo.REFERENCES[row["model"]]
+        assert row["params"] == ref.params
+        assert row["gmacs"] == pytest.approx(ref.gmacs, rel=0.02)
+        assert all(t["images_per_sec"] > 0 for t in row["throughput"].values())
