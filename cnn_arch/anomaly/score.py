@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -65,7 +66,9 @@ def read_split(config, text: str) -> tuple[list[str], list[np.ndarray]]:
 
     from cnn_arch import data
 
-    name, split = text.split(":", 1) if ":" in text else (config.dataset, text)
+    # 'name:split' names a dataset; a bare split may hold colons itself ('test[:100]').
+    named = re.fullmatch(r"([A-Za-z_][\w/.]*):(.+)", text)
+    name, split = named.groups() if named else (config.dataset, text)
     try:
         ds = tfds.load(name, split=split, data_dir=data.data_dir_for(config), download=False)
     except Exception as e:  # noqa: BLE001 - any TFDS failure here is a bad --images
