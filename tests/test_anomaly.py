@@ -272,7 +272,7 @@ def test_experiment_short_version(shared_tfds, tmp_path):
         [
             f"--work_root={tmp_path / 'runs'}", f"--out_dir={tmp_path / 'out'}",
             f"--data_dir={shared_tfds}", "--steps=30", "--classes=1",
-            "--datasets=mnist", "--methods=reconstruction,deep_svdd",
+            "--datasets=mnist", "--methods=reconstruction,deep_svdd", "--msp=0",
         ]
     )  # fmt: skip
     table = json.loads((tmp_path / "out" / "one_class.json").read_text())["table"]
