@@ -70,6 +70,11 @@ def boolean(v) -> str | None:
     return None if isinstance(v, bool) else "it must be True or False"
 
 
+def class_index(v) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= -1
+    return None if ok else "it must be a class index >= 0, or -1 for every class"
+
+
 def epochs_list(v) -> str | None:
     ok = isinstance(v, tuple | list) and all(_number(e) and e > 0 for e in v)
     return None if ok else "it must be a list of epochs > 0"
@@ -142,6 +147,13 @@ GROUPS: dict[str, list[Key]] = {
         Key("data_dir", "", "`''` = `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`", string),
         Key("train_split", "train", "TFDS split string (slices like `train[:5000]` work)", string),
         Key("eval_split", "test", "TFDS split string of the default evaluator", string),
+        Key(
+            "normal_class",
+            -1,
+            "train on the examples of this label only (the one-class anomaly protocol; "
+            "eval splits stay whole); -1 = every class",
+            class_index,
+        ),
         Key(
             "augment",
             "default",

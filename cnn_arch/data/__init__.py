@@ -8,6 +8,7 @@ from cnn_arch.data.pipeline import (
     dataset_info,
     eval_batches,
     num_eval_batches,
+    preprocess_images,
     train_batches,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "dataset_info",
     "eval_batches",
     "num_eval_batches",
+    "preprocess_images",
     "train_batches",
 ]

@@ -163,6 +163,9 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
                 f"{target!r} feature does not say how many classes there are"
             )
         num_classes = features[target].num_classes
+    normal_class = config.get("normal_class", -1)
+    if normal_class >= 0:
+        num_train = _class_count(config, task, num_classes, normal_class)
     image_feature = features["image"]
     if task == "segmentation" and None in image_feature.shape[:2]:
         raise UserError(
@@ -213,17 +216,61 @@ def dataset_info(config, task: str = "classification") -> DataInfo:
     )
 
 
-def _read(config, split, info: DataInfo, spec: pp.Spec, shuffle_seed) -> tf.data.Dataset:
+@functools.lru_cache(maxsize=16)
+def _label_counts(name: str, data_dir: str, split: str) -> tuple[int, ...]:
+    """How many examples of each label ``split`` has (read once per process)."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    batches = ds.map(lambda ex: ex["label"]).batch(8192).as_numpy_iterator()
+    return tuple(np.bincount(np.concatenate(list(batches)).astype(np.int64)).tolist())
+
+
+def _class_count(config, task: str, num_classes: int, label: int) -> int:
+    """Training examples of class ``label`` (config.normal_class: the one-class anomaly
+    protocol trains on one class and evaluates on the whole eval split)."""
+    if task != "classification":
+        raise UserError(
+            f"config.normal_class={label} needs class labels; {config.dataset!r} is used "
+            f"for {task} here"
+        )
+    if label >= num_classes:
+        raise UserError(
+            f"config.normal_class={label} is out of range: {config.dataset!r} has classes "
+            f"0..{num_classes - 1}"
+        )
+    _builder(config)  # prepared (or a UserError)
+    counts = _label_counts(config.dataset, data_dir_for(config), config.train_split)
+    n = counts[label] if label < len(counts) else 0
+    if n == 0:
+        raise UserError(
+            f"config.train_split={config.train_split!r} has no examples of "
+            f"config.normal_class={label}"
+        )
+    return n
+
+
+def _read(
+    config, split, info: DataInfo, spec: pp.Spec, shuffle_seed, label: int = -1
+) -> tf.data.Dataset:
+    """(image, target) pairs of ``split``; with ``label >= 0`` only that class's, filtered
+    before the images are decoded (the one-class protocol keeps a tenth of a split)."""
     builder = _builder(config)
     fused = info.jpeg and spec.reads_jpeg
-    decoders = {"image": tfds.decode.SkipDecoding()} if fused else None
+    skip = fused or label >= 0
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-    return builder.as_dataset(
+    ds = builder.as_dataset(
         split=split,
         shuffle_files=shuffle_seed is not None,
         decoders=decoders,
         read_config=read_config,
-    ).map(lambda example: (example["image"], _target(example, info.task)))
+    )
+    if label >= 0:
+        ds = ds.filter(lambda example: tf.equal(tf.cast(example["label"], tf.int32), label))
+        if not fused:
+            image = builder.info.features["image"]
+            ds = ds.map(lambda ex: {**ex, "image": image.decode_example(ex["image"])})
+    return ds.map(lambda example: (example["image"], _target(example, info.task)))
 
 
 def _target(example, task: str):
@@ -294,7 +341,8 @@ def train_batches(
             f"{info.num_train} training examples of {config.dataset!r}"
         )
     spec, per_example, per_batch = _pipeline_parts(info, "train_pp")
-    base = _read(config, split, info, spec, shuffle_seed=config.seed)
+    # With config.normal_class, info.num_train counts that class only (dataset_info).
+    base = _read(config, split, info, spec, config.seed, config.get("normal_class", -1))
     if config.cache:
         base = base.cache()
     buffer = min(config.shuffle_buffer, info.num_train)
@@ -421,3 +469,17 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     }
     out["mask"] = (np.arange(size) < real).astype(np.float32)
     return out
+
+
+def preprocess_images(info: DataInfo, images: np.ndarray) -> np.ndarray:
+    """``info``'s eval preprocessing applied to raw images (N, H, W, C) from outside the
+    dataset (e.g. new images to score): the same float32 inputs the model was evaluated on."""
+    spec, per_example, per_batch = _pipeline_parts(info, "eval_pp")
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int32)))
+    if spec.example_steps:
+        zero = tf.zeros([2], tf.int64)
+        ds = ds.map(lambda image, target: per_example(image, target, zero))
+    else:
+        ds = ds.map(lambda image, target: {"image": image, "label": target})
+    batch = ds.batch(max(len(images), 1)).map(lambda b: per_batch(b, None))
+    return next(batch.as_numpy_iterator())["image"]

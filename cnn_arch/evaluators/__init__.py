@@ -9,6 +9,7 @@ convolutions). A new kind is one module with ``@register``.
 """
 
 from cnn_arch.evaluators import activations as _activations  # noqa: F401  (Fig. 1b,c)
+from cnn_arch.evaluators import anomaly as _anomaly  # noqa: F401  (AUROC of detectors)
 from cnn_arch.evaluators import bn as _bn  # noqa: F401  (registers population, folded)
 from cnn_arch.evaluators import multicrop as _multicrop  # noqa: F401  (multi-crop, ensembles)
 from cnn_arch.evaluators import running as _running  # noqa: F401  (registers running)

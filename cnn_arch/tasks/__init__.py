@@ -5,7 +5,7 @@ per-batch metrics, and the summed evaluation metrics. The loop and the evaluator
 only call these; adding a task is one file with ``@register``.
 """
 
-from cnn_arch.tasks import classification, rbf, segmentation  # noqa: F401  (registers)
+from cnn_arch.tasks import anomaly, classification, rbf, segmentation  # noqa: F401  (registers)
 from cnn_arch.tasks.base import Task, check_model, create, names, register
 
 __all__ = ["Task", "check_model", "create", "names", "register"]

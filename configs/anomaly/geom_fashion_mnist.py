@@ -1,0 +1,12 @@
+"""geom detector on fashion_mnist, one-class protocol (see configs/anomaly/_common.py).
+
+python -m cnn_arch.anomaly --config=configs/anomaly/geom_fashion_mnist.py \
+    --config.normal_class=3 --workdir=W
+(append ':full' to the config path for the accelerator setting)
+"""
+
+from configs.anomaly import _common
+
+
+def get_config(scale: str = "small"):
+    return _common.config("geom", "fashion_mnist", scale)
