@@ -23,8 +23,11 @@ install-torch: $(VENV)/.torch-installed
 quickstart: $(VENV)/.installed
 	$(PY) -m cnn_arch.main --config=configs/quickstart.py --workdir=runs/quickstart
 
+# Two workers, one test file each at a time: most of a test's time is single-threaded
+# XLA compilation, so two share the 2-core CI machines well; loadfile keeps a file's
+# module fixtures (trained workdirs) in one process.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The torchvision-equality cases that `make test` leaves out: with it, every converted
 # model in every mode (eval 224, eval 199x257, train). CI runs both.
