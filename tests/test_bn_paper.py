@@ -322,6 +322,7 @@ def test_views_at_unit_scale_are_exact_crops_and_mirrors():
     np.testing.assert_allclose(render(sq, jnp.asarray(row), 8), want, atol=1e-5)
 
 
+@pytest.mark.slow  # about a CPU-minute: trains two networks, evaluates 144 crops
 def test_multicrop_ensemble_short(shared_tfds, tmp_path):
     """The experiment at 10 steps on 640 CIFAR-10 images, 2 networks, 100 test images, one
     view and 144 crops for each network and the ensemble; then, on its workdirs, an

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -70,6 +71,8 @@ def test_two_processes_train_and_eval_exactly(shared_tfds, tmp_path):
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10", "20"]
 
 
+# Two processes trained, stopped and resumed: about a CPU-minute, so -m slow.
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_committed_step(shared_tfds, tmp_path):
     """Only process 1 gets SIGTERM: JAX's preemption service makes both agree on the step,
     both commit it and exit 4; a rerun resumes from it on both."""

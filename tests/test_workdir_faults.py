@@ -131,6 +131,9 @@ def _mount_tmpfs(path, size: str) -> bool:
     return ok
 
 
+# Three CLI runs (~45 s): -m slow; the in-process save-failure tests above cover the
+# same code paths in the default run.
+@pytest.mark.slow
 def test_real_full_disk_and_read_only_folder(offline_tfds, tmp_path):
     """On a real tmpfs (where the machine allows mounting): a disk too small for the
     second checkpoint, then a read-only remount; each one line from the CLI."""

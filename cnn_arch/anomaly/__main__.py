@@ -19,7 +19,6 @@ import sys
 
 from absl import app, logging
 
-from cnn_arch import main as train_cli
 from cnn_arch import parallel, train
 from cnn_arch.errors import UserError
 
@@ -60,6 +59,8 @@ def run(config, workdir: str) -> dict:
 
 
 def main(argv):
+    from cnn_arch import main as train_cli  # see the __main__ block
+
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     parallel.initialize_distributed()
@@ -73,4 +74,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # The training CLI's flags (--config, --workdir, --config.model_kwargs.X) are defined
+    # when cnn_arch.main is imported; importing it only here keeps run() importable in a
+    # process that also imports cnn_arch.evaluate, whose flags share those names.
+    from cnn_arch import main as train_cli
+
     app.run(main, flags_parser=train_cli.parse_flags)
