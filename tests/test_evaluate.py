@@ -133,6 +133,7 @@ def test_population_statistics_of_checkpoint_vs_numpy(trained, report, shared_tf
     np.testing.assert_allclose(again["loss"], report["results"]["alg2"]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow  # ~1 CPU-minute: trains a U-Net workdir first
 def test_unet_workdir_evaluates_with_running_alg2_and_folded(offline_tfds, tmp_path):
     """The run builder knows the task: a segmentation workdir restores and evaluates."""
     from configs import unet_digits
