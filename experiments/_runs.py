@@ -17,7 +17,9 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ml_collections  # noqa: F401  (the configs jobs carry)
@@ -133,7 +135,19 @@ def series(rows: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     return " ".join([f"python experiments/{script}", *args])
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """An experiment's ``if __name__ == '__main__'``: bad input (a ``UserError`` from the
+    library or the script) is one ``error:`` line and its exit code, not a traceback; an
+    int that ``main`` returns is the exit status."""
+    from cnn_arch.errors import UserError
+
+    try:
+        status = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)

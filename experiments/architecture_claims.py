@@ -26,6 +26,8 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+import _runs  # noqa: E402
+
 from cnn_arch import models  # noqa: E402
 from cnn_arch.models import cost  # noqa: E402
 from cnn_arch.models.bn_inception import MODULES  # noqa: E402
@@ -234,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _runs.run_main(main)

@@ -31,13 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+import _runs  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cnn_arch import train  # noqa: E402
-from cnn_arch.errors import UserError  # noqa: E402
 from configs import resnet20_cifar10  # noqa: E402
 
 MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
@@ -86,8 +86,13 @@ def _rows(workdir: Path) -> list[dict]:
 
 
 def run_variant(variant: str, scale: dict, seed: int, data_dir: str, workdir: Path) -> dict:
+    done = workdir / "result.json"
+    if done.exists():  # finished by an earlier invocation with the same --workdir
+        result = json.loads(done.read_text())
+        if result["train_pp"] == VARIANTS[variant]:
+            return result
     if workdir.exists():
-        shutil.rmtree(workdir)  # a fresh run, never a resumed one
+        shutil.rmtree(workdir)  # an unfinished run starts afresh, never resumed mid-way
     t0 = time.perf_counter()
     train.train_and_evaluate(config_for(variant, scale, seed, data_dir), str(workdir))
     wall = time.perf_counter() - t0
@@ -97,7 +102,7 @@ def run_variant(variant: str, scale: dict, seed: int, data_dir: str, workdir: Pa
         for name in ("eval", "train_clean")
     }
     test, train_acc = curve["eval"][-1][1], curve["train_clean"][-1][1]
-    return {
+    result = {
         "variant": variant,
         "train_pp": VARIANTS[variant],
         "seed": seed,
@@ -107,6 +112,8 @@ def run_variant(variant: str, scale: dict, seed: int, data_dir: str, workdir: Pa
         "curves": curve,
         "wall_seconds": wall,
     }
+    done.write_text(json.dumps(result))
+    return result
 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
@@ -177,7 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     )
     parser.add_argument("--out_dir", default=str(ROOT / "experiments" / "results"))
-    parser.add_argument("--workdir", default="", help="'' = a temporary folder, removed after")
+    parser.add_argument(
+        "--workdir",
+        default="",
+        help="'' = a temporary folder, removed after; a kept one lets a rerun skip done variants",
+    )
     args = parser.parse_args(argv)
 
     scale = SCALES[args.scale]
@@ -250,8 +261,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    _runs.run_main(main)

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+import _runs  # noqa: E402
+
 from cnn_arch.norm import BatchNorm  # noqa: E402
 
 
@@ -118,4 +120,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _runs.run_main(main)

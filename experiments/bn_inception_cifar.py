@@ -363,4 +363,4 @@ def analyse_one(c: dict, target: float, analysis: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    _runs.run_main(main)

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+import _runs  # noqa: E402
+
 from cnn_arch.models import blocks, cost  # noqa: E402
 
 MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
@@ -366,4 +368,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _runs.run_main(main)

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import _runs
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "tensorflow_datasets"
 DEFAULT_OUTPUT = ROOT / "experiments" / "results" / "memory_soak.md"
@@ -317,4 +319,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _runs.run_main(main)

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+import _runs  # noqa: E402
+
 from cnn_arch import models  # noqa: E402
 from cnn_arch.models import cost  # noqa: E402
 
@@ -362,4 +364,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _runs.run_main(main)

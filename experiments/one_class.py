@@ -419,4 +419,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _runs.run_main(main)

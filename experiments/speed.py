@@ -38,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
+
+import _runs  # noqa: E402
+
 MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
 
 # name -> (model, image side, batch, timed steps per variant per round) per scale.
@@ -489,4 +492,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _runs.run_main(main)
