@@ -1,7 +1,7 @@
 """Anomaly detection with networks trained on normal data only (issue 12).
 
 The detectors are tasks (``cnn_arch.tasks.anomaly``) with networks in the zoo
-(``networks.py``); the ``anomaly`` evaluator scores whole splits (``scoring.py``) and
+(``cnn_arch.models.anomaly``); the ``anomaly`` evaluator scores whole splits (``scoring.py``) and
 reports AUROC (``roc.py``). ``python -m cnn_arch.anomaly`` runs the one-class protocol
 for one class; ``python -m cnn_arch.anomaly.score`` scores new images.
 """

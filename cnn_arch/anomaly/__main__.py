@@ -14,12 +14,12 @@ and exit status 2, before anything compiles.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, logging
 
 from cnn_arch import parallel, train
+from cnn_arch import workdir as workdir_lib
 from cnn_arch.errors import UserError
 
 SCORES = "scores.npz"
@@ -41,7 +41,7 @@ def run(config, workdir: str) -> dict:
     """Trains ``config`` in ``workdir`` and writes scores.npz and auroc.json there."""
     name = anomaly_evaluator(config)
     with config.unlocked():
-        config.evals[name].scores_path = os.path.join(os.path.abspath(workdir), SCORES)
+        config.evals[name].scores_path = str(workdir_lib.path(workdir) / SCORES)
         # The loop returns its first evaluator's metrics: put the anomaly one first.
         config.evals = {name: config.evals[name], **{k: v for k, v in config.evals.items()}}
     metrics = train.train_and_evaluate(config, workdir)
@@ -53,8 +53,7 @@ def run(config, workdir: str) -> dict:
         "ood_dataset": config.evals[name].get("ood_dataset", ""),
         **metrics,
     }
-    with open(os.path.join(workdir, AUROC), "w") as f:
-        json.dump(result, f, indent=1)
+    workdir_lib.write_atomic(workdir_lib.path(workdir) / AUROC, json.dumps(result, indent=1))
     return result
 
 

@@ -96,15 +96,17 @@ def score_images(workdir: str, images_arg: str, fpr: float) -> dict:
 
     from cnn_arch import data
     from cnn_arch import run as run_lib
+    from cnn_arch import workdir as workdir_lib
     from cnn_arch.anomaly import roc, scoring
     from cnn_arch.anomaly.__main__ import SCORES
 
     if not 0 < fpr < 1:
         raise UserError(f"--fpr={fpr} must be in (0, 1)")
-    scores_path = os.path.join(workdir, SCORES)
-    if not os.path.exists(scores_path):
+    scores_path = workdir_lib.path(workdir) / SCORES
+    if not scores_path.exists():
         raise UserError(f"{scores_path} does not exist: train with `python -m cnn_arch.anomaly`")
-    saved = np.load(scores_path)
+    with scores_path.open("rb") as f:
+        saved = dict(np.load(f))
     if "calibration_score" not in saved:
         raise UserError(
             f"{scores_path} has no calibration scores: set calibration_split in the anomaly "

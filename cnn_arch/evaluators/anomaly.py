@@ -17,10 +17,10 @@ false-positive rate).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
+from cnn_arch import workdir
 from cnn_arch.anomaly import roc, scoring
 from cnn_arch.evaluators.base import Evaluator, register
 
@@ -96,8 +96,10 @@ class Anomaly(Evaluator):
     def __call__(self, state):
         arrays = self.arrays(state)
         if self.scores_path:
-            os.makedirs(os.path.dirname(self.scores_path) or ".", exist_ok=True)
-            np.savez(self.scores_path, **arrays)
+            target = workdir.path(self.scores_path)  # local or an object store
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as f:
+                np.savez(f, **arrays)
         result = {
             f"auroc_{m}": roc.auroc(arrays[f"score_{m}"], arrays["is_anomaly"])
             for m in self.methods

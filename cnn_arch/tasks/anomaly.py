@@ -1,6 +1,6 @@
 """Anomaly detectors trained on normal images only (issue 12), one task per detector.
 
-Each task trains its network (``cnn_arch.anomaly.networks``) on whatever the pipeline
+Each task trains its network (``cnn_arch.models.anomaly``, in the zoo) on whatever the pipeline
 gives (with ``config.normal_class`` set, the images of that class only) and adds
 ``scores(outputs, batch)``: one anomaly score per example, higher = more anomalous,
 which the ``anomaly`` evaluator turns into AUROC. ``residual`` is the per-pixel
@@ -14,7 +14,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from cnn_arch.anomaly import networks  # noqa: F401  (registers the detectors' models)
 from cnn_arch.tasks.base import Task, register
 from cnn_arch.tasks.classification import cross_entropy
 

@@ -9,7 +9,7 @@
   the network map everything onto the centre), the centre c a fixed mean of the
   initial network's outputs (Sec. 3.3, "an initial forward pass").
 - ``transform_classifier`` (task ``transformations``): a small VGG-style CNN that sees every
-  transformation of each image (``transforms.py``) and says which one it was.
+  transformation of each image (``cnn_arch/anomaly/transforms.py``) and says which one it was.
 
 Every network has ``features(x)`` (its code / penultimate features) for the kNN score.
 The zoo passes ``num_classes`` to every model; only the classifiers of the detectors'
