@@ -109,10 +109,17 @@ def train_all(
     context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per worker
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(_train_one, *job) for job in payload]
-        for future in concurrent.futures.as_completed(futures):
-            w, times = future.result()
-            walls[w] = times
-            _done(log, w, times)
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                w, times = future.result()
+                walls[w] = times
+                _done(log, w, times)
+        except BaseException:
+            # A failed (or interrupted) job ends the experiment: the queued jobs are
+            # dropped instead of training for minutes behind an error that already
+            # decided the outcome; the running ones finish their current workdir.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return walls
 
 
