@@ -13,9 +13,11 @@ redundant and stay).
 ``layers.NORM_POSITIONS`` ('before' = torchvision's conv-BN-ReLU).
 
 Scaled-down VGGs (e.g. on CIFAR-10 on a CPU): ``width_multiplier`` scales every conv
-width (at least 1 channel), ``fc_width`` the two hidden FCs, and ``pool_size`` the
-adaptive pool before them (1: the 1x1 map a 32x32 input has after five pools, the
-common CIFAR VGG's flatten); the defaults are the paper's net.
+width (at least 1 channel), ``fc_width`` the two hidden FCs (0: none, the flattened map
+goes straight to the classifier, as in the common CIFAR VGG; narrow hidden FCs with
+torchvision's N(0, 0.01) init shrink the signal ~10x each and a short run barely
+moves), and ``pool_size`` the adaptive pool before them (1: the 1x1 map a 32x32 input
+has after five pools); the defaults are the paper's net.
 
 Small inputs: a pool on a 1x1 map keeps it 1x1 (``layers.pool2d``), and the
 adaptive pool to 7x7 (PyTorch's rule) repeats cells of maps smaller than 7x7, so
@@ -53,7 +55,7 @@ class VGG(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.5
     width_multiplier: float = 1.0  # every conv width x this
-    fc_width: int = 4096  # the two hidden FC layers
+    fc_width: int = 4096  # the two hidden FC layers; 0: no hidden FC layer
     pool_size: int = 7  # adaptive average pool before the FCs: pool_size x pool_size
     dtype: Any = jnp.float32
 
@@ -96,7 +98,7 @@ class VGG(nn.Module):
             )
             i += 1
         x = adaptive_avg_pool(x, self.pool_size).reshape((x.shape[0], -1))
-        for j in (1, 2):
+        for j in (1, 2) if self.fc_width else ():
             x = act(dense(self.fc_width, name=f"fc{j}")(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return dense(self.num_classes, name="head")(x).astype(jnp.float32)
