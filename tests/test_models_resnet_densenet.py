@@ -292,11 +292,13 @@ def test_norm_position_after_puts_norm_after_the_activation(preact):
     assert after_relu and all(float(seen[p].min()) >= 0.0 for p in after_relu)
     if not preact:  # the branch's last norm follows its conv (no act before the addition)
         assert float(seen["layer1_0/bn2"].min()) < 0.0
-    # every conv keeps its bias (no norm follows one directly): one per output channel
+    # a conv a ReLU follows keeps its bias, one a norm follows directly drops it (Sec. 3.2):
+    # post-activation: the stem and each unit's conv1 (conv2 ends in bn2); pre-activation:
+    # every conv (each one's output meets a ReLU before the next norm)
     before = models.create("resnet20", preact=preact, **SMALL)
     _, v_before = trace(before, x.shape)
     n_biases = n_params(v) - n_params(v_before)
-    conv_out = 16 + (16 + 16) + (32 + 32) + (64 + 64)  # stem + two convs per unit
+    conv_out = 16 + (16 + 32 + 64) + (16 + 32 + 64 if preact else 0)
     assert n_biases == conv_out
 
 

@@ -23,10 +23,11 @@ resnet1202 (n = 200, Table 6: 19.4M) has 19,421,274.
 ``norm_position`` (the BN slides' placements): 'before' (default) is conv-BN-ReLU;
 'after' swaps BN and ReLU wherever a ReLU follows a BN (the stem, the inner convs of a
 branch; in pre-activation units ReLU-BN-conv), while the norm after the last conv of a
-branch and after a projection, which no ReLU precedes, stays; convs then keep their
-biases. 'network_input' normalizes only the raw input (parameters ``input_norm``) and
-builds the body without norms (the network of norm='none'); 'none' is that network
-without the input norm.
+branch and after a projection, which no ReLU precedes, stays; convs followed by a ReLU
+then keep their biases, the ones a norm follows directly (that last conv, a projection)
+still drop them (Ioffe & Szegedy 2015, Sec. 3.2). 'network_input' normalizes only the
+raw input (parameters ``input_norm``) and builds the body without norms (the network of
+norm='none'); 'none' is that network without the input norm.
 
 Pre-activation units (He et al. 2016b, "Identity Mappings", Fig. 4e) run
 norm-act-conv and leave the sum untouched; where the shortcut is a projection, and in
@@ -83,6 +84,9 @@ class ResidualUnit(nn.Module):
         changes = stride != 1 or x.shape[-1] != features
         project = self.shortcut == "C" or (self.shortcut == "B" and changes)
         zeros = nn.initializers.zeros
+        # Post-activation units end the branch and the projection with a norm right after
+        # the conv: its shift replaces the conv's bias whatever norm_position says.
+        norm_next = {"use_bias": False} if self.normalized and not self.preact else {}
         y = x
         for i, (f, k, s, g) in enumerate(self.branch, start=1):
             last = i == len(self.branch)
@@ -96,6 +100,8 @@ class ResidualUnit(nn.Module):
             # norm ends the branch (pre-activation / norm='none').
             zero_conv = last and self.zero_init_last and (self.preact or not self.normalized)
             init = {"kernel_init": zeros} if zero_conv else {}
+            if last:
+                init |= norm_next
             y = self.conv(
                 f, (k, k), (s, s), padding=k // 2, feature_group_count=g, name=f"conv{i}", **init
             )(y)
@@ -107,7 +113,9 @@ class ResidualUnit(nn.Module):
         y = squeeze_excite(y, self.se_ratio, self.dtype)  # on the branch (Hu et al. Fig. 3)
         if self.shortcut != "none":
             if project:
-                x = self.conv(features, (1, 1), (stride, stride), name="downsample_conv")(x)
+                x = self.conv(
+                    features, (1, 1), (stride, stride), name="downsample_conv", **norm_next
+                )(x)
                 if not self.preact:
                     x = self.norm(name="downsample_bn")(x)
             elif changes:  # option A: subsample, zero-pad the new channels (Sec. 3.3)
