@@ -3,6 +3,7 @@
     python -m cnn_arch.evaluate --workdir=W --evals=running,alg2,folded_alg2 \\
         [--num_batches=100] [--batch_size=M] [--data_dir=DIR]
     python -m cnn_arch.evaluate --workdir=W1 --workdirs=W2,W3 --evals=144crop,ensemble_144crop
+    python -m cnn_arch.evaluate --workdir=W --evals=running,alg2,batch_stats_1,batch_stats_64
     python -m cnn_arch.evaluate --init_from=DIR --config=configs/resnet50.py [--output=FILE]
 
 Restores the latest checkpoint (finished or still training) into the run its
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -49,7 +51,11 @@ SHORTHANDS = {
     "ensemble_flip": {"kind": "ensemble", "views": "flip"},
     "ensemble_10crop": {"kind": "ensemble", "views": "10crop"},
     "ensemble_144crop": {"kind": "ensemble", "views": "144crop"},
+    "batch_stats": {"kind": "batch_stats"},  # BN statistics of each eval batch
 }
+# 'batch_stats_<B>': BN with the statistics of each evaluation batch of B examples
+# (the network in BN training mode at inference; cnn_arch/evaluators/batch_stats.py).
+BATCH_STATS_SHORTHAND = re.compile(r"batch_stats_(\d+)")
 OUTPUT_NAME = "evaluate.json"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json, checkpoints/).")
@@ -83,9 +89,12 @@ def resolve(
             spec = config.evals[name].to_dict()
         elif name in SHORTHANDS:
             spec = dict(SHORTHANDS[name])
+        elif match := BATCH_STATS_SHORTHAND.fullmatch(name):
+            spec = {"kind": "batch_stats", "batch_size": int(match.group(1))}
         else:
             raise UserError(
-                f"--evals: {name!r} is neither a shorthand ({', '.join(SHORTHANDS)}) nor in the "
+                f"--evals: {name!r} is neither a shorthand ({', '.join(SHORTHANDS)}, "
+                f"batch_stats_<B>) nor in the "
                 f"workdir's config.evals ({', '.join(config.evals)})"
             )
         if spec["kind"] == "population" or spec.get("statistics") == "population":

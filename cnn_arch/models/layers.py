@@ -190,7 +190,12 @@ NORMS: dict[str, Callable[..., ModuleDef]] = {
     "instance": _instance,
     "none": _none,
 }
-# The BatchNorm lab (cnn_arch/norm): 'batch_alg1', 'batch_alg1_manual', 'ghost_batch'.
+# GN with a fixed G=4 groups: in narrow nets (ResNet-20's 16/32/64 channels and less) the
+# default gcd(32, C) gives one channel per group, i.e. instance norm; G=4 keeps GN between
+# IN (G=C) and LN (G=1), as in Wu & He (2018, Sec. 3.1, Table 3).
+NORMS["group4"] = functools.partial(_group, num_groups=4)
+# The BatchNorm lab (cnn_arch/norm): 'batch_alg1', 'batch_alg1_manual', 'ghost_batch',
+# 'ghost_batch<k>' for fixed sub-batch sizes k.
 NORMS.update(_BN_LAB_KINDS)
 
 

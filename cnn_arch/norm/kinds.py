@@ -7,8 +7,9 @@ so the import runs one way (models -> norm) and there is no cycle.
 
 Ghost BN with another sub-batch size: either pass it through ``make_norm``
 (``make_norm('ghost_batch', train=..., ghost_batch_size=16)``) or register a named
-kind once, e.g. ``layers.NORMS['ghost_batch16'] = ghost_batch_kind(16)``, and use
-``norm='ghost_batch16'`` in any model.
+kind once, e.g. ``layers.NORMS['ghost_batch12'] = ghost_batch_kind(12)``, and use
+``norm='ghost_batch12'`` in any model. The powers of two from 2 to 256 are registered
+here already (``GHOST_BATCH_SIZES``).
 """
 
 from __future__ import annotations
@@ -72,3 +73,10 @@ NORM_KINDS: dict[str, Callable[..., Any]] = {
     "batch_alg1_manual": batch_alg1_manual,
     "ghost_batch": ghost_batch,
 }
+
+# Ghost BN at a fixed sub-batch size, by name ('ghost_batch2' ... 'ghost_batch256'), so a
+# config can choose the examples per BN batch through ``model_kwargs.norm`` alone (the
+# models take a norm kind, not its options): the batch-size study of Wu & He (2018, Fig. 1)
+# at a fixed global batch (experiments/norm_batch_size.py).
+GHOST_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
+NORM_KINDS.update({f"ghost_batch{k}": ghost_batch_kind(k) for k in GHOST_BATCH_SIZES})
