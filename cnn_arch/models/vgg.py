@@ -10,6 +10,12 @@ beta, Ioffe & Szegedy 2015 Sec. 3.2; set ``conv_bias=False`` to drop them).
 ``norm`` takes any ``layers.NORMS`` kind and ``norm_position`` any of
 ``layers.NORM_POSITIONS`` ('before' = torchvision's conv-BN-ReLU).
 
+Narrow variants for small budgets: ``width_multiplier`` scales every conv width
+(rounded, at least 1), ``fc_features`` sets the two hidden FC widths (0 = none: the
+classifier follows the pool directly, the usual CIFAR VGG head) and ``pool_size`` the
+side of the adaptive pool before them (1 = global average pool). The defaults are the
+paper's network.
+
 Small inputs: a pool on a 1x1 map keeps it 1x1 (``layers.pool2d``), and the
 adaptive pool to 7x7 (PyTorch's rule) repeats cells of maps smaller than 7x7, so
 28x28 and 32x32 inputs reach the same 25088-wide FC as 224x224 ones.
@@ -45,6 +51,9 @@ class VGG(nn.Module):
     conv_bias: bool = True  # torchvision keeps them even with BN
     activation: str = "relu"
     dropout_rate: float = 0.5
+    width_multiplier: float = 1.0  # conv widths x this (Table 1's widths at 1.0)
+    fc_features: int = 4096  # width of fc1 and fc2; 0 = no hidden FC layers
+    pool_size: int = 7  # adaptive average pool to pool_size x pool_size before fc1
     dtype: Any = jnp.float32
 
     CHOICES: ClassVar[dict[str, options.Choices]] = {
@@ -55,6 +64,11 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         options.check_fields(self)
+        if self.width_multiplier <= 0 or self.fc_features < 0 or self.pool_size < 1:
+            raise ValueError(
+                f"VGG needs width_multiplier > 0, fc_features >= 0 and pool_size >= 1; got "
+                f"{self.width_multiplier}, {self.fc_features}, {self.pool_size}"
+            )
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         # torchvision's init: kaiming_normal(fan_out) convs, N(0, 0.01) linears, zero biases.
@@ -78,13 +92,14 @@ class VGG(nn.Module):
             name = f"conv{stage}_{i}"
             if self.norm_position == "layer_input":
                 x = norm(name=f"{name}_norm")(x)
+            width = max(1, round(v * self.width_multiplier))
             x = layers.norm_act(
-                conv(v, name=name)(x), norm, act, self.norm_position, f"{name}_norm"
+                conv(width, name=name)(x), norm, act, self.norm_position, f"{name}_norm"
             )
             i += 1
-        x = adaptive_avg_pool(x, 7).reshape((x.shape[0], -1))
-        for j in (1, 2):
-            x = act(dense(4096, name=f"fc{j}")(x))
+        x = adaptive_avg_pool(x, self.pool_size).reshape((x.shape[0], -1))
+        for j in (1, 2) if self.fc_features else ():
+            x = act(dense(self.fc_features, name=f"fc{j}")(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return dense(self.num_classes, name="head")(x).astype(jnp.float32)
 
