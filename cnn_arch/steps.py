@@ -52,6 +52,24 @@ def create_train_state(
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+def step_rng(state: TrainState) -> jax.Array:
+    """The key of the step ``state`` is about to take (dropout, noisy BN): a function of
+    the seed and the step only, so a resumed run and an evaluator see the same one."""
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def training_loss(params, batch_stats, batch, rng: jax.Array, *, model: nn.Module, task: Task):
+    """The task's loss of ``model`` in training mode on ``batch`` (BN with the batch's
+    statistics, dropout and other noise from ``rng`` under the name 'dropout'); returns
+    ``(loss, (task_metrics, new_batch_stats))``, differentiable in ``params``."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    outputs, new_vars = model.apply(
+        variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+    )
+    loss, task_metrics = task.loss(outputs, batch)
+    return loss, (task_metrics, new_vars.get("batch_stats", {}))
+
+
 def train_step(
     state: TrainState,
     batch,
@@ -79,23 +97,19 @@ def train_step(
     fixed feature extractor (BN normalizes with its running averages, which stay as
     they are; no dropout), as Keras treats a frozen BatchNormalization layer.
     """
-    step_rng = jax.random.fold_in(state.rng, state.step)
+    rng = step_rng(state)
 
     def loss_fn(params):
+        if trainable is None and per_device_bn_mesh is None:
+            return training_loss(params, state.batch_stats, batch, rng, model=model, task=task)
         variables = {"params": params, "batch_stats": state.batch_stats}
-        rngs = {"dropout": step_rng}
         if trainable is not None:
             outputs = model.apply(variables, batch["image"], train=False)
             batch_stats = state.batch_stats
-        elif per_device_bn_mesh is not None:
-            outputs, batch_stats = norm.apply_per_device(
-                model, variables, batch["image"], mesh=per_device_bn_mesh, rngs=rngs
-            )
         else:
-            outputs, new_vars = model.apply(
-                variables, batch["image"], train=True, mutable=["batch_stats"], rngs=rngs
+            outputs, batch_stats = norm.apply_per_device(
+                model, variables, batch["image"], mesh=per_device_bn_mesh, rngs={"dropout": rng}
             )
-            batch_stats = new_vars.get("batch_stats", {})
         loss, task_metrics = task.loss(outputs, batch)
         return loss, (task_metrics, batch_stats)
 

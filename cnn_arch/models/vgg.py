@@ -70,6 +70,11 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         options.check_fields(self)
+        if self.width_multiplier <= 0 or self.fc_width < 0 or self.pool_size < 1:
+            raise ValueError(
+                f"VGG needs width_multiplier > 0, fc_width >= 0 and pool_size >= 1; got "
+                f"{self.width_multiplier}, {self.fc_width}, {self.pool_size}"
+            )
         norm = layers.make_norm(self.norm, train=train, dtype=self.dtype)
         act = layers.make_act(self.activation)
         # torchvision's init: kaiming_normal(fan_out) convs, N(0, 0.01) linears, zero biases.

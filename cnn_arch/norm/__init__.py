@@ -3,6 +3,8 @@
 - ``BatchNorm``: Algorithm 1 as a linen module (autodiff or hand-derived backward);
   ``norm='batch_alg1'`` / ``'batch_alg1_manual'`` in any model.
 - ``GhostBatchNorm``: statistics over fixed sub-batches; ``norm='ghost_batch'``.
+- ``NoisyBatchNorm``: BN plus per-step random scale and shift (Santurkar et al. 2018,
+  Sec. 2.1); ``norm='noisy_batch'``.
 - ``apply_per_device``: per-device statistics under a device Mesh (shard_map).
 - ``population_statistics``: Algorithm 2's population mean/variance re-estimate.
 - ``fold_batch_norm``: folds inference BN into the preceding conv/dense layer.
@@ -17,6 +19,7 @@ register the norm kinds, so the dependency runs one way (models -> norm).
 from cnn_arch.norm.batchnorm import BatchNorm, batch_norm_train, batch_norm_train_manual
 from cnn_arch.norm.fold import FoldedModel, fold_batch_norm
 from cnn_arch.norm.ghost import DEFAULT_GHOST_BATCH_SIZE, GhostBatchNorm
+from cnn_arch.norm.noisy import NoisyBatchNorm
 from cnn_arch.norm.per_device import apply_per_device
 from cnn_arch.norm.population import batch_statistics, population_statistics
 
@@ -25,6 +28,7 @@ __all__ = [
     "BatchNorm",
     "FoldedModel",
     "GhostBatchNorm",
+    "NoisyBatchNorm",
     "apply_per_device",
     "batch_norm_train",
     "batch_norm_train_manual",

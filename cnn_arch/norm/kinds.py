@@ -20,6 +20,7 @@ from typing import Any
 
 from cnn_arch.norm.batchnorm import BatchNorm
 from cnn_arch.norm.ghost import DEFAULT_GHOST_BATCH_SIZE, GhostBatchNorm
+from cnn_arch.norm.noisy import NoisyBatchNorm
 
 
 def batch_alg1(
@@ -68,10 +69,27 @@ def ghost_batch_kind(ghost_batch_size: int) -> Callable[..., Callable[..., Ghost
     return functools.partial(ghost_batch, ghost_batch_size=ghost_batch_size)
 
 
+def noisy_batch(
+    *, train: bool, momentum: float, epsilon: float, dtype: Any, axis_name, **kw
+) -> Callable[..., NoisyBatchNorm]:
+    """BN plus a per-step random per-channel scale and shift (Santurkar et al. 2018,
+    Sec. 2.1); ``noise_shift`` / ``noise_scale`` may be passed."""
+    return functools.partial(
+        NoisyBatchNorm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        axis_name=axis_name,
+        **kw,
+    )
+
+
 NORM_KINDS: dict[str, Callable[..., Any]] = {
     "batch_alg1": batch_alg1,
     "batch_alg1_manual": batch_alg1_manual,
     "ghost_batch": ghost_batch,
+    "noisy_batch": noisy_batch,
 }
 
 # Ghost BN at a fixed sub-batch size, by name ('ghost_batch2' ... 'ghost_batch256'), so a
