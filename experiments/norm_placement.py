@@ -248,11 +248,11 @@ def plot(results: dict, scale: dict, placements: tuple[str, ...], path: str) -> 
             )
             loss_ax.plot(c0["train_steps"], loss.mean(0), style, color=colour, label=placement)
         acc_ax.axhline(scale[network]["target"], color="grey", lw=0.6, ls=":")
-        acc_ax.set_title(f"{titles[network]}: test accuracy (band: min-max over seeds)")
+        acc_ax.set_title(f"{titles[network]}: test accuracy\n(mean; band: min-max over seeds)")
         acc_ax.set_xlabel("training steps")
         acc_ax.set_ylabel("test accuracy")
         acc_ax.legend(loc="lower right", fontsize=8)
-        loss_ax.set_title(f"{titles[network]}: training loss (window mean, mean over seeds)")
+        loss_ax.set_title(f"{titles[network]}: training loss\n(window mean, mean over seeds)")
         loss_ax.set_xlabel("training steps")
         loss_ax.set_ylabel("cross-entropy")
         loss_ax.set_yscale("log")
@@ -423,6 +423,10 @@ def write_markdown(report: dict, path: str) -> None:
         f"(~{v['steps'] * v['batch'] / v['train']:.0f} epochs), SGD momentum 0.9, learning "
         f"rate {v['learning_rate']:g} with cosine decay, weight decay 5e-4; test accuracy on "
         f"test[:{v['test']:,}] every {v['eval_every']} steps; target {v['target']:.0%}.",
+        "- Both input pipelines end in the library's `normalize` (per channel, the training "
+        "set's mean and std), so `network_input` adds batch statistics per input feature (each "
+        "of the MLP's 784 pixels, each of VGG's 3 channels) and a learned scale and shift on "
+        "an input that is already standardized, not on raw pixels.",
         f"- Full scale (`--scale=full`, for an accelerator): the MLP for {full['mlp']['steps']:,} "
         f"steps (the paper's length); VGG-11-BN at full width with two FCs of "
         f"{full['vgg']['fc_width']} on all 50,000 training images, {full['vgg']['steps']:,} "
