@@ -244,6 +244,10 @@ def _markdown(meta: dict, summary: dict, discrepancy: dict, scale: dict) -> str:
         "ours: test error % | ours: ± over seeds |",
         "|---|---|---|---|---|",
     ]
+
+    def spread(m: dict) -> str:
+        return _pct(m["test_error_std"]) if m["seeds"] > 1 else "— (one seed)"
+
     for setting, s in settings().items():
         if setting not in summary:
             continue
@@ -259,7 +263,7 @@ def _markdown(meta: dict, summary: dict, discrepancy: dict, scale: dict) -> str:
         diverged = f" ({m['diverged']} of {m['seeds']} diverged)" if m["diverged"] else ""
         lines.append(
             f"| {label} | {k or 'independent of the batch'} | {paper_cell} | "
-            f"{_pct(m['test_error_mean'])}{diverged} | {_pct(m['test_error_std'])} |"
+            f"{_pct(m['test_error_mean'])}{diverged} | {spread(m)} |"
         )
     lines += [
         "",
