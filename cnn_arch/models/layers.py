@@ -62,8 +62,9 @@ class GroupNorm(nn.Module):
     same tree as a plain ``nn.GroupNorm`` named ``<name>``.
     """
 
-    num_groups: int | None = None  # None: gcd(GROUP_NORM_GROUPS, channels)
+    num_groups: int | None = None  # None: gcd(max_groups, channels)
     group_size: int | None = None  # channels per group; excludes num_groups
+    max_groups: int = GROUP_NORM_GROUPS  # the G of the gcd rule
     epsilon: float = 1e-6
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -74,7 +75,7 @@ class GroupNorm(nn.Module):
     def __call__(self, x):
         num_groups = self.num_groups
         if num_groups is None and self.group_size is None:
-            num_groups = math.gcd(GROUP_NORM_GROUPS, x.shape[-1])
+            num_groups = math.gcd(self.max_groups, x.shape[-1])
         inner = nn.GroupNorm(
             num_groups=num_groups,
             group_size=self.group_size,
@@ -190,10 +191,10 @@ NORMS: dict[str, Callable[..., ModuleDef]] = {
     "instance": _instance,
     "none": _none,
 }
-# GN with a fixed G=4 groups: in narrow nets (ResNet-20's 16/32/64 channels and less) the
-# default gcd(32, C) gives one channel per group, i.e. instance norm; G=4 keeps GN between
-# IN (G=C) and LN (G=1), as in Wu & He (2018, Sec. 3.1, Table 3).
-NORMS["group4"] = functools.partial(_group, num_groups=4)
+# GN with gcd(4, C) groups (4 wherever 4 divides C): in narrow nets (ResNet-20's 16/32/64
+# channels and less) the default gcd(32, C) gives one channel per group, i.e. instance
+# norm; G=4 keeps GN between IN (G=C) and LN (G=1), as in Wu & He (2018, Sec. 3.1, Table 3).
+NORMS["group4"] = functools.partial(_group, max_groups=4)
 # The BatchNorm lab (cnn_arch/norm): 'batch_alg1', 'batch_alg1_manual', 'ghost_batch',
 # 'ghost_batch<k>' for fixed sub-batch sizes k.
 NORMS.update(_BN_LAB_KINDS)
