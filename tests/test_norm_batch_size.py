@@ -77,6 +77,8 @@ def test_table_has_every_setting_and_the_papers_numbers_beside_ours():
         "command": "python experiments/norm_batch_size.py",
         "wall_seconds": 60.0,
         "cpu_seconds": 100.0,
+        "train_wall_seconds_sum": 200.0,
+        "workers": 2,
         "seeds": [0],
         "widths": [4, 8, 16],
         "num_steps": 200,

@@ -64,8 +64,8 @@ class GroupNorm(nn.Module):
     """
 
     num_groups: int | None = None  # None: gcd(max_groups, channels)
-    max_groups: int = GROUP_NORM_GROUPS  # the G of the paper when it divides C
     group_size: int | None = None  # channels per group; excludes num_groups
+    max_groups: int = GROUP_NORM_GROUPS  # the G of the gcd rule
     epsilon: float = 1e-6
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -192,10 +192,9 @@ NORMS: dict[str, Callable[..., ModuleDef]] = {
     "instance": _instance,
     "none": _none,
 }
-# GN with G=4 groups (gcd(4, C): 4 wherever 4 divides C): in narrow nets (ResNet-20's
-# 16/32/64 channels and less) the default gcd(32, C) gives one channel per group, i.e.
-# instance norm; G=4 keeps GN between IN (G=C) and LN (G=1), as in Wu & He (2018,
-# Sec. 3.1, Table 3). The gcd lets every model take it (LeNet-5's 6 channels: 2 groups).
+# GN with gcd(4, C) groups (4 wherever 4 divides C): in narrow nets (ResNet-20's 16/32/64
+# channels and less) the default gcd(32, C) gives one channel per group, i.e. instance
+# norm; G=4 keeps GN between IN (G=C) and LN (G=1), as in Wu & He (2018, Sec. 3.1, Table 3).
 NORMS["group4"] = functools.partial(_group, max_groups=4)
 # The BatchNorm lab (cnn_arch/norm): 'batch_alg1', 'batch_alg1_manual', 'ghost_batch',
 # 'ghost_batch<k>' for fixed sub-batch sizes k.
