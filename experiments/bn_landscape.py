@@ -340,7 +340,26 @@ def write_markdown(report: dict, path: str) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Paper vs ours", "", *report["comparison"], "", "Checks on our numbers:", ""]
     lines += [f"- {v}" for v in report["verdicts"]]
-    lines += ["", f"![Figures]({NAME}.png)", ""]
+    mean_scale = (1 + report["noise_scale"]) / 2
+    lines += [
+        "",
+        "Notes:",
+        "",
+        "- Noisy BN is evaluated as plain BN (running averages, no noise), but it was "
+        f"trained with every BN output scaled by s, whose mean is {mean_scale:g} (1 is its "
+        "lowest draw) and shifted by m: at test time every layer's output is at the edge of "
+        "what training saw, and the errors compound over 8 layers, so its test accuracy "
+        "measures that train/test mismatch, not how well it optimized. The paper's "
+        "claim is about training: compare the training loss and accuracy.",
+        "- The ICS l2 distance, the loss range and the gradient change are not scale-free "
+        "(they grow with the gradient and with eta); the cosine, the relative l2 and beta "
+        "are the comparable ones across networks.",
+        f"- {len(report['seeds'])} seed(s), one probe batch, {report['num_steps']:,} steps: "
+        "a qualitative check of the paper's claims, not a measurement of their size.",
+        "",
+        f"![Figures]({NAME}.png)",
+        "",
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 

@@ -38,6 +38,7 @@ HEAVY = (
     "resnet56_cifar10",
     "plain56_cifar10",
     "resnet110_cifar10",
+    "bn_landscape",  # compiles the ICS and landscape evaluators' extra gradient passes too
 )
 
 

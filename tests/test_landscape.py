@@ -84,23 +84,16 @@ def test_noisy_bn_at_eval_is_plain_bn_with_running_averages():
 
 def test_noisy_bn_in_a_model_changes_with_the_step_and_not_otherwise():
     """Through the train step's own loss: step t and the seed fix the noise."""
-    model = models.create(
-        "vgg11",
-        num_classes=10,
-        norm="noisy_batch",
-        width_multiplier=0.125,
-        pool_size=1,
-        fc_width=0,
-    )
+    model = models.create("mlp", num_classes=10, norm="noisy_batch", hidden=(16, 16))
     tx = optax.sgd(0.1)
     mesh = parallel.make_mesh()
-    state = steps.create_train_state(model, tx, (16, 16, 3), seed=0, mesh=mesh)
+    state = steps.create_train_state(model, tx, (4, 4, 1), seed=0, mesh=mesh)
     from cnn_arch import tasks
     from configs import base
 
     task = tasks.create("classification", base.get_config())
     batch = {
-        "image": jax.random.normal(jax.random.PRNGKey(3), (8, 16, 16, 3)),
+        "image": jax.random.normal(jax.random.PRNGKey(3), (8, 4, 4, 1)),
         "label": jnp.arange(8) % 10,
     }
 
@@ -115,9 +108,7 @@ def test_noisy_bn_in_a_model_changes_with_the_step_and_not_otherwise():
 
     assert loss_at(3) == loss_at(3)
     assert loss_at(3) != loss_at(4)
-    plain = models.create(
-        "vgg11", num_classes=10, norm="batch", width_multiplier=0.125, pool_size=1, fc_width=0
-    )
+    plain = models.create("mlp", num_classes=10, norm="batch", hidden=(16, 16))
 
     def infer(m):
         return jax.jit(lambda v, x: m.apply(v, x, train=False))(state.variables, batch["image"])
