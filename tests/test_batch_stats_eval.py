@@ -41,6 +41,7 @@ def _train_mode(model):
     return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
 
 
+@pytest.mark.slow  # 18 CPU-s of compiles; the one-example test below covers the default run
 def test_it_is_the_network_in_bn_training_mode_ghost_bn_over_the_whole_batch():
     images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
     bn = _small_resnet("batch")

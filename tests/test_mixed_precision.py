@@ -3,11 +3,13 @@ offline digits to the accuracy float32 training reaches, within 1% of 1,000 digi
 
 from __future__ import annotations
 
+import pytest
 from conftest import ROOT  # noqa: F401  (conftest puts the repository on sys.path)
 
 from cnn_arch import train
 
 
+@pytest.mark.slow  # 52 CPU-s: two training runs; bf16 does not pay on CPU (experiments/speed.py)
 def test_bf16_training_matches_fp32_on_the_digits(offline_tfds, tmp_path):
     from configs import quickstart
 
