@@ -8,8 +8,6 @@ import sys
 import pytest
 from conftest import ROOT
 
-from cnn_arch import schema
-
 sys.path.insert(0, str(ROOT / "experiments"))
 
 
@@ -30,7 +28,6 @@ def test_augmentations_picture_and_table(shared_tfds, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("train_pp" not in schema.KEYS, reason="config.train_pp not in the schema yet")
 def test_augmentation_ablation_smoke(shared_tfds, tmp_path):
     import augmentation_ablation
 
