@@ -52,6 +52,18 @@ def create_train_state(
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+def global_norm(tree) -> jax.Array:
+    """The l2 norm of all of ``tree``'s leaves together, as ``optax.global_norm``, but as
+    one reduction over their concatenation: XLA fuses the concatenation into the
+    reduction (nothing is copied), where optax's sum of per-leaf norms is a reduction per
+    leaf, each its own kernel. That was most of a small model's step overhead over a
+    bare step (LeNet-5: 14 of 23 extra fusions on CPU)."""
+    leaves = [x.astype(jnp.float32).ravel() for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
+
+
 def step_rng(state: TrainState) -> jax.Array:
     """The key of the step ``state`` is about to take (dropout, noisy BN): a function of
     the seed and the step only, so a resumed run and an evaluator see the same one."""
@@ -118,7 +130,7 @@ def train_step(
     )
     if trainable is not None:  # frozen: no gradient (XLA then skips their backward pass)
         grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(grads))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = global_norm(grads)
     # value: the loss a plateau schedule watches (optim.plateau); other links ignore it
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     new = (optax.apply_updates(state.params, updates), batch_stats, opt_state)

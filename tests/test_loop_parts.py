@@ -81,6 +81,31 @@ def test_classification_takes_soft_labels_and_aux_heads():
     np.testing.assert_allclose(l_aux, l_hard + 0.3 * l_aux_alone, rtol=1e-6)
 
 
+def test_top1_by_argmax_equals_top_k_including_ties():
+    from cnn_arch.tasks.classification import correct_topk
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.integers(0, 3, size=(256, 5)).astype(np.float32))  # many ties
+    labels = jnp.asarray(rng.integers(0, 5, size=256))
+    by_top_k = jnp.any(jax.lax.top_k(logits, 1)[1] == labels[:, None], axis=-1)
+    np.testing.assert_array_equal(correct_topk(logits, labels, 1), by_top_k.astype(jnp.float32))
+    assert 0 < float(correct_topk(logits, labels, 1).mean()) < 1
+
+
+def test_global_norm_is_optax_global_norm():
+    import optax
+
+    from cnn_arch.steps import global_norm
+
+    rng = np.random.default_rng(1)
+    tree = {"a": jnp.asarray(rng.normal(size=(3, 4, 5))), "b": [jnp.asarray(rng.normal(size=7))]}
+    np.testing.assert_allclose(global_norm(tree), optax.global_norm(tree), rtol=1e-5)
+    flat = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+    np.testing.assert_allclose(global_norm(tree), np.linalg.norm(flat), rtol=1e-5)
+    assert float(global_norm({})) == 0.0
+    assert not np.isfinite(float(global_norm({**tree, "d": jnp.array([np.inf])})))
+
+
 def test_rbf_task_sums_equal_the_papers_mean_loss():
     from cnn_arch.models.lenet1998 import rbf_loss
 
