@@ -17,7 +17,9 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,20 @@ def use_compilation_cache(path: str) -> None:
 
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _stop_with_parent(parent: int, poll_seconds: float = 2.0) -> None:
+    """Worker initializer: when the experiment's process dies (killed, session ended),
+    SIGTERM this worker, which the loop treats as a preemption (it commits the current
+    step and exits), instead of training on for minutes as an orphan that a rerun's
+    workers would then share the workdir and the cores with."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="stop_with_parent").start()
 
 
 def _train_one(
@@ -107,7 +123,9 @@ def train_all(
             _done(log, w, walls[w])
         return walls
     context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per worker
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_stop_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = [pool.submit(_train_one, *job) for job in payload]
         try:
             for future in concurrent.futures.as_completed(futures):
