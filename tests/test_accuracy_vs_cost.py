@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,20 @@ def test_every_listed_model_is_in_the_zoo_with_torchvision_reference_counts():
         assert models.spec(name).input_shape == (224, 224, 3)
         assert "torchvision" in model_zoo.REFERENCES[name].source
         assert 50 < top1 < 80
+
+
+def test_every_other_imagenet_model_has_a_cited_paper_figure_or_says_none():
+    imagenet = {
+        n for n in models.names() if models.spec(n).input_shape in ((224, 224, 3), (227, 227, 3))
+    }
+    assert set(accuracy_vs_cost.PUBLISHED) == imagenet  # every ImageNet model of the zoo
+    assert not set(accuracy_vs_cost.PAPER_TOP1) & set(accuracy_vs_cost.TORCHVISION_TOP1)
+    for name, (top1, source) in accuracy_vs_cost.PAPER_TOP1.items():
+        if top1 is None:
+            assert source.startswith("none: ")
+        else:
+            assert 50 < top1 < 80
+            assert re.search(r"(19|20)\d\d, (Table|Fig\.) \d", source), source
 
 
 def test_unknown_model_is_one_error_line_and_exit_2(tmp_path):
@@ -68,3 +83,4 @@ def test_smoke_scale_counts_match_torchvision_and_writes_files(tmp_path):
         assert row["params"] == ref.params
         assert row["gmacs"] == pytest.approx(ref.gmacs, rel=0.02)
         assert all(t["images_per_sec"] > 0 for t in row["throughput"].values())
+        assert row["top1_source"] == "torchvision"
