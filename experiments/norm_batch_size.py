@@ -78,7 +78,7 @@ PAPER_ERROR = {
 SCALES = {
     # width: stage channels (16, 32, 64) x width; train / test: subset sizes; steps of the
     # global batch 128; evals: points on the test-error curve.
-    "default": {"width": 0.25, "train": 10_000, "steps": 200, "test": 1_000, "evals": 2},
+    "default": {"width": 0.5, "train": 50_000, "steps": 1_000, "test": 2_000, "evals": 4},
     "smoke": {"width": 0.25, "train": 256, "steps": 2, "test": 128, "evals": 1},
 }
 
