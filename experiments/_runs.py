@@ -141,6 +141,46 @@ def train_all(
     return walls
 
 
+def scaled_cifar_resnet(
+    *,
+    width: float,
+    train: int,
+    test: int,
+    batch: int,
+    seed: int,
+    data_dir: str,
+    num_steps: int,
+    schedule_steps: int,
+    evals: int,
+) -> ml_collections.ConfigDict:
+    """He et al.'s CIFAR recipe (``configs/resnet20_cifar10.py``) scaled down to a CPU:
+    every stage's width (16/32/64) x ``width``, ``train[:train]`` / ``test[:test]``
+    subsets, trained to ``num_steps`` with the rate /10 at 50% and 75% of
+    ``schedule_steps`` (32k and 48k of the paper's 64k iterations; a run stopped early to
+    be resumed keeps the schedule of the whole run), ``evals`` evaluations over the run.
+    Checkpoints at the end only. The caller sets the model, its norm and the evaluators."""
+    from configs import resnet20_cifar10
+
+    c = resnet20_cifar10.get_config()
+    widths = [max(1, round(w * width)) for w in (16, 32, 64)]
+    c.model_kwargs.widths = widths
+    c.model_kwargs.stem_width = widths[0]
+    c.data_dir = data_dir
+    c.train_split = f"train[:{train}]"
+    c.eval_split = f"test[:{test}]"
+    c.shuffle_buffer = train
+    c.batch_size = batch
+    c.eval_batch_size = min(500, test)
+    c.seed = seed
+    c.num_train_steps = num_steps
+    c.lr_decay_epochs = tuple(f * schedule_steps / (train // batch) for f in (0.5, 0.75))
+    c.steps_per_eval = max(1, schedule_steps // evals)
+    c.log_every_steps = max(1, min(50, c.steps_per_eval))
+    c.checkpoint_every_steps = 10**9
+    c.keep_checkpoints = 1
+    return c
+
+
 def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
     """metrics.jsonl as {split: {step: row}}; a resumed run's later rows win."""
     rows: dict[str, dict[int, dict]] = collections.defaultdict(dict)

@@ -4,8 +4,9 @@ For every ImageNet model of the zoo: its published top-1 (for the 29 models torc
 documents, its ``IMAGENET1K_V1`` weight metadata, ``acc@1`` on the ImageNet-1k
 validation set, 224x224 centre crop, https://docs.pytorch.org/vision/stable/models.html;
 for the others, the paper's own table, cited per model in ``PAPER_TOP1``; none for
-``preact_resnet18``, which no paper reports on ImageNet), multiply-adds and parameters counted by the library (``cnn_arch.models.cost``) on our
-Flax model at 224x224x3 with 1000 classes, and inference throughput measured here: the
+``preact_resnet18`` and ``inception_v1``, whose papers give no ImageNet top-1),
+multiply-adds and parameters counted by the library (``cnn_arch.models.cost``) on our
+Flax model at its input size with 1000 classes, and inference throughput measured here: the
 library's jitted eval step (``cnn_arch.benchmark``'s synthetic run, the same step
 ``--eval`` times) at batch 1 and batch 32, median of a few timed steps after one
 warm-up step. Figure: top-1 vs GMACs, bubble area = parameters.
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
         top1, source = PUBLISHED[name]
         row = {"model": name, "top1": top1, "top1_source": source, **counts(name)}
-        row["throughput"] = {str(b): throughput(name, b, scale["steps"][b]) for b in scale["batches"]}
+        row["throughput"] = {
+            str(b): throughput(name, b, scale["steps"][b]) for b in scale["batches"]
+        }
         if saved is not None:
             saved.write_text(json.dumps(row, indent=1))
         rows.append(row)

@@ -84,28 +84,14 @@ def config_for(model: str, scale: dict, seed: int, data_dir: str, num_steps: int
     """The He et al. CIFAR recipe for ``model`` at ``scale``, trained to ``num_steps``
     (the learning-rate steps depend on scale['steps'] only, so a run stopped early and
     resumed is the same run)."""
-    from configs import resnet20_cifar10
-
-    c = resnet20_cifar10.get_config()
+    c = _runs.scaled_cifar_resnet(
+        **{k: scale[k] for k in ("width", "train", "test", "batch", "evals")},
+        seed=seed,
+        data_dir=data_dir,
+        num_steps=num_steps,
+        schedule_steps=scale["steps"],
+    )
     c.model = model
-    widths = [max(1, round(w * scale["width"])) for w in (16, 32, 64)]
-    c.model_kwargs.widths = widths
-    c.model_kwargs.stem_width = widths[0]
-    c.data_dir = data_dir
-    c.train_split = f"train[:{scale['train']}]"
-    c.eval_split = f"test[:{scale['test']}]"
-    c.shuffle_buffer = scale["train"]
-    c.batch_size = scale["batch"]
-    c.eval_batch_size = min(500, scale["test"])
-    c.seed = seed
-    steps_per_epoch = scale["train"] // scale["batch"]
-    c.num_train_steps = num_steps
-    # /10 at 50% and 75% of the run: 32k and 48k of the paper's 64k iterations
-    c.lr_decay_epochs = tuple(f * scale["steps"] / steps_per_epoch for f in (0.5, 0.75))
-    c.steps_per_eval = max(1, scale["steps"] // scale["evals"])
-    c.log_every_steps = max(1, min(50, c.steps_per_eval))
-    c.checkpoint_every_steps = 10**9  # saves at the end of each stage only
-    c.keep_checkpoints = 1
     c.evals = {
         "eval": {"kind": "running"},
         "train_clean": {"kind": "running", "split": f"train[:{scale['train_eval']}]"},

@@ -93,28 +93,15 @@ def settings() -> dict[str, dict]:
 
 def config_for(setting: str, scale: dict, seed: int, data_dir: str, num_steps: int):
     """The He et al. CIFAR recipe at ``scale`` with the norm of ``setting``."""
-    from configs import resnet20_cifar10
-
-    c = resnet20_cifar10.get_config()
+    c = _runs.scaled_cifar_resnet(
+        **{k: scale[k] for k in ("width", "train", "test", "evals")},
+        batch=GLOBAL_BATCH,
+        seed=seed,
+        data_dir=data_dir,
+        num_steps=num_steps,
+        schedule_steps=num_steps,
+    )
     c.model_kwargs.norm = settings()[setting]["norm"]
-    widths = [max(1, round(w * scale["width"])) for w in (16, 32, 64)]
-    c.model_kwargs.widths = widths
-    c.model_kwargs.stem_width = widths[0]
-    c.data_dir = data_dir
-    c.train_split = f"train[:{scale['train']}]"
-    c.eval_split = f"test[:{scale['test']}]"
-    c.shuffle_buffer = scale["train"]
-    c.batch_size = GLOBAL_BATCH
-    c.eval_batch_size = min(500, scale["test"])
-    c.seed = seed
-    c.num_train_steps = num_steps
-    steps_per_epoch = scale["train"] // GLOBAL_BATCH
-    # /10 at 50% and 75% of the run (32k and 48k of the paper's 64k iterations)
-    c.lr_decay_epochs = tuple(f * num_steps / steps_per_epoch for f in (0.5, 0.75))
-    c.steps_per_eval = max(1, num_steps // scale["evals"])
-    c.log_every_steps = max(1, min(50, c.steps_per_eval))
-    c.checkpoint_every_steps = 10**9  # saves at the end only
-    c.keep_checkpoints = 1
     c.evals = {"eval": {"kind": "running"}}
     return c
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -12,6 +13,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `from configs import base` works like in the CLI
 SHARED_TFDS = ROOT.parent / "shared" / "tensorflow_datasets"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_experiment(script: str, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """``python experiments/<script> <args>`` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, f"experiments/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

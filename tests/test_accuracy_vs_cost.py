@@ -4,13 +4,11 @@ counts, bad input is one error line, and (slow) the smoke scale writes its files
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import accuracy_vs_cost  # noqa: E402
@@ -33,7 +31,7 @@ def test_every_other_imagenet_model_has_a_cited_paper_figure_or_says_none():
     }
     assert set(accuracy_vs_cost.PUBLISHED) == imagenet  # every ImageNet model of the zoo
     assert not set(accuracy_vs_cost.PAPER_TOP1) & set(accuracy_vs_cost.TORCHVISION_TOP1)
-    for name, (top1, source) in accuracy_vs_cost.PAPER_TOP1.items():
+    for top1, source in accuracy_vs_cost.PAPER_TOP1.values():
         if top1 is None:
             assert source.startswith("none: ")
         else:
@@ -42,19 +40,8 @@ def test_every_other_imagenet_model_has_a_cited_paper_figure_or_says_none():
 
 
 def test_unknown_model_is_one_error_line_and_exit_2(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/accuracy_vs_cost.py",
-            "--models=lenet5",
-            "--out_dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
+    proc = run_experiment(
+        "accuracy_vs_cost.py", "--models=lenet5", "--out_dir", str(tmp_path), timeout=120
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --models: ['lenet5']")
@@ -62,18 +49,8 @@ def test_unknown_model_is_one_error_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_scale_counts_match_torchvision_and_writes_files(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/accuracy_vs_cost.py",
-            "--scale=smoke",
-            f"--out_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=1800,
+    proc = run_experiment(
+        "accuracy_vs_cost.py", "--scale=smoke", f"--out_dir={tmp_path}", timeout=1800
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "accuracy_vs_cost.json").read_text())

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 
 from cnn_arch.errors import UserError
 
@@ -18,14 +17,7 @@ import bn_landscape  # noqa: E402
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "experiments/bn_landscape.py", *args],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_experiment("bn_landscape.py", *args, timeout=900)
 
 
 @pytest.mark.parametrize(

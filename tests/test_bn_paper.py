@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -22,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 
 from cnn_arch import norm
 
@@ -203,14 +201,7 @@ def test_activations_evaluator_refuses_unknown_modules_and_units(shared_tfds):
 
 
 def _run_experiment(script: str, *args: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, f"experiments/{script}", *args],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_experiment(script, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

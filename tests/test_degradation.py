@@ -5,12 +5,10 @@ order; the smoke scale runs end to end under -m slow."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import degradation  # noqa: E402
@@ -72,13 +70,8 @@ def test_layers_sort_in_network_order():
 
 
 def test_bad_seed_is_one_error_line_and_exit_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "experiments/degradation.py", "--seeds", "-1", "--out_dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
+    proc = run_experiment(
+        "degradation.py", "--seeds", "-1", "--out_dir", str(tmp_path), timeout=120
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --seeds=[-1]")
@@ -86,18 +79,11 @@ def test_bad_seed_is_one_error_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_scale_writes_every_number_and_a_gradient_profile_per_layer(tmp_path, shared_tfds):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/degradation.py",
-            "--scale=smoke",
-            f"--data_dir={shared_tfds}",
-            f"--out_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    proc = run_experiment(
+        "degradation.py",
+        "--scale=smoke",
+        f"--data_dir={shared_tfds}",
+        f"--out_dir={tmp_path}",
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

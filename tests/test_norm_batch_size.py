@@ -6,13 +6,11 @@ numbers beside ours; the smoke scale runs end to end under -m slow."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import norm_batch_size as nbs  # noqa: E402
@@ -30,7 +28,7 @@ def test_every_setting_is_the_same_recipe_with_its_own_norm(setting):
     config = nbs.config_for(setting, scale, seed=0, data_dir="/tmp", num_steps=scale["steps"])
     validate_config(config, device_count=1)
     assert config.batch_size == nbs.GLOBAL_BATCH == 128
-    assert config.model == "resnet20" and list(config.model_kwargs.widths) == [4, 8, 16]
+    assert config.model == "resnet20" and list(config.model_kwargs.widths) == [8, 16, 32]
     assert (config.momentum, config.weight_decay, config.learning_rate) == (0.9, 1e-4, 0.1)
     steps = scale["steps"]
     schedule = optim.make_schedule(config, scale["train"] // 128, steps)
@@ -105,18 +103,11 @@ def test_bad_input_is_a_user_error_before_anything_trains(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_scale_writes_every_setting_and_the_discrepancy(tmp_path, shared_tfds):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/norm_batch_size.py",
-            "--scale=smoke",
-            f"--data_dir={shared_tfds}",
-            f"--out_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    proc = run_experiment(
+        "norm_batch_size.py",
+        "--scale=smoke",
+        f"--data_dir={shared_tfds}",
+        f"--out_dir={tmp_path}",
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_experiment
 from flax.traverse_util import flatten_dict
 
 from cnn_arch import models
@@ -243,14 +242,7 @@ def test_bad_input_is_a_user_error_before_anything_trains(flag, message, tmp_pat
 
 
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "experiments/norm_placement.py", "--placements=input"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
+    proc = run_experiment("norm_placement.py", "--placements=input", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: --placements='input': choose distinct names from "
