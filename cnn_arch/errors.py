@@ -7,6 +7,14 @@ class UserError(Exception):
     exit_code = 2
 
 
+class DataError(UserError):
+    """The dataset's files cannot be read (truncated or corrupted shard, missing file);
+    raised by ``cnn_arch.data.faults``, defined here so that catching it loads no
+    TensorFlow."""
+
+    exit_code = 5
+
+
 class Diverged(UserError):
     """The loss or gradient norm became inf/nan; training stopped before saving it."""
 

@@ -38,6 +38,7 @@ from cnn_arch import run as run_lib  # noqa: E402
 from cnn_arch import workdir as workdir_lib  # noqa: E402
 from cnn_arch.errors import UserError  # noqa: E402
 from cnn_arch.evaluators.bn import layer_shifts  # noqa: E402
+from cnn_arch.validate import validate_config  # noqa: E402
 
 SHORTHANDS = {
     "running": {"kind": "running"},
@@ -124,6 +125,10 @@ def evaluate_workdir(
 ) -> dict[str, Any]:
     """Each named evaluator's metrics on the latest checkpoint of ``workdir`` (ensembles:
     with the networks of ``workdirs``)."""
+    # --evals is checked against the saved config before the dataset is read (which
+    # loads TensorFlow) and the checkpoint restored: a typo fails fast.
+    saved = run_lib.load_config(workdir, data_dir=data_dir)
+    resolve(names, saved, num_batches=num_batches, batch_size=batch_size, workdirs=workdirs)
     run, state = run_lib.from_workdir(workdir, data_dir=data_dir, mesh=mesh)
     source = {"workdir": str(workdir_lib.path(workdir)), "checkpoint_step": int(state.step)}
     return evaluate_state(run, state, names, source, num_batches, batch_size, workdirs)
@@ -143,6 +148,11 @@ def evaluate_init_from(
     is an error here (a fresh head has nothing to evaluate)."""
     if not config.init_from:
         raise UserError("--init_from: name the weights to evaluate")
+    # The config, then --evals, are checked before the dataset is read (which loads
+    # TensorFlow): bad input fails fast. ``build`` validates again, at no cost.
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    validate_config(config, device_count=mesh.devices.size)
+    resolve(names, config, num_batches=num_batches, batch_size=batch_size, workdirs=workdirs)
     run = run_lib.build(config, mesh)
     state = run.init_state(warm_start=True, new_head=False)
     source = {"init_from": os.path.abspath(config.init_from), "checkpoint_step": None}

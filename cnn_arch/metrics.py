@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import jax
-from clu import metric_writers
 from etils import epath
 
 
@@ -32,6 +31,10 @@ class Writer:
     append re-uploads the file: fine for a log of a few MB)."""
 
     def __init__(self, workdir: str):
+        # clu's SummaryWriter imports TensorFlow: only a run that trains loads it, so a
+        # bad config is reported before the data stack loads (see cnn_arch.data).
+        from clu import metric_writers
+
         self.active = jax.process_index() == 0
         self._tb = metric_writers.SummaryWriter(str(workdir)) if self.active else None
         self._jsonl = epath.Path(workdir) / "metrics.jsonl"

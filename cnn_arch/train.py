@@ -19,12 +19,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnn_arch import checkpoint, evaluators, metrics, optim
+from cnn_arch import checkpoint, evaluators, metrics, optim, parallel
 from cnn_arch import run as run_lib
 from cnn_arch import workdir as workdir_lib
-from cnn_arch.data import DataError
-from cnn_arch.errors import Diverged, EvalFailed, Preempted, UserError
+from cnn_arch.errors import DataError, Diverged, EvalFailed, Preempted, UserError
 from cnn_arch.steps import TrainState, create_train_state, eval_step, train_step
+from cnn_arch.validate import validate_config
 
 __all__ = [
     "TrainState",
@@ -75,11 +75,18 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def _prepare_workdir(workdir: str) -> None:
+def _prepare_workdir(workdir: str) -> list:
+    """Creates ``workdir`` and checks that it is writable; returns the folders it
+    created, innermost first (``_remove_if_empty`` undoes them)."""
     path = workdir_lib.path(workdir)  # local or gs://: never a local folder named "gs:"
     try:
         if path.exists() and not path.is_dir():
             raise UserError(f"--workdir={workdir} is a file, not a directory; choose another path")
+        created = []
+        missing = path
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_test_{os.getpid()}"
         probe.write_text("")
@@ -88,6 +95,17 @@ def _prepare_workdir(workdir: str) -> None:
         cause = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
         cause = " ".join(cause.split())[:300]
         raise UserError(f"--workdir={workdir} is not writable ({cause})") from None
+    return created
+
+
+def _remove_if_empty(folders: list) -> None:
+    """Removes the folders ``_prepare_workdir`` created, innermost first, while empty:
+    a run refused for its config or data leaves no trace."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except workdir_lib.storage_errors():
+            return
 
 
 def _occurrences(period: int, after: int, total: int) -> int:
@@ -324,8 +342,17 @@ def train_and_evaluate(
     when checkpoints cannot be written; DataError / EvalFailed after committing the
     progress when the data cannot be read or an evaluator fails.
     """
-    run = run_lib.build(config, mesh)
-    _prepare_workdir(workdir)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    # The config and the workdir are checked before ``build`` reads the dataset's
+    # metadata, which loads TensorFlow (~3 CPU-seconds): bad input that needs no data
+    # fails fast. A workdir created here is removed again if the data is refused.
+    validate_config(config, device_count=mesh.devices.size)
+    created = _prepare_workdir(workdir)
+    try:
+        run = run_lib.build(config, mesh)
+    except UserError:
+        _remove_if_empty(created)
+        raise
     lock = workdir_lib.WorkdirLock(workdir)
     _on_process_zero(lock.acquire, "taking the workdir lock")
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from typing import Any
@@ -94,9 +95,10 @@ def write_atomic(target: epath.Path, text: str) -> None:
 def storage_errors() -> tuple[type[BaseException], ...]:
     """What a failed workdir read or write raises: OSError locally, TensorFlow's OpError
     (e.g. PermissionDeniedError) through ``tf.io.gfile`` on remote filesystems."""
-    import tensorflow as tf  # already loaded by the data pipeline
-
-    return (OSError, tf.errors.OpError)
+    # Only tf.io.gfile raises OpError, and using it loads TensorFlow: a workdir checked
+    # before the data stack loads (a bad config fails fast) can only have raised OSError.
+    tf = sys.modules.get("tensorflow")
+    return (OSError,) if tf is None else (OSError, tf.errors.OpError)
 
 
 def _process_start(pid: int) -> str | None:

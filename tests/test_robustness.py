@@ -263,6 +263,51 @@ def test_bad_input_table(lenet_run, offline_tfds, tmp_path):
         if not ok:
             failures.append(f"{name}: rc={proc.returncode} errors={errs} {proc.stderr[-800:]}")
         if workdir is not None and workdir != lenet_run and workdir.name.startswith("w"):
-            assert not workdir.exists() or not any(workdir.iterdir()), name
+            assert not workdir.exists(), name  # also when refused for its data (after mkdir)
     assert not failures, "\n".join(failures)
     assert sorted(p.relative_to(lenet_run) for p in lenet_run.rglob("*")) == before
+
+
+# Runs a command-line entry as ``python -m`` would, then says which modules of the data
+# stack it imported by the time it exited.
+_DATA_STACK_PROBE = """
+import runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit", e.code)
+print("loaded", *[m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules])
+"""
+
+
+def test_bad_input_fails_before_the_data_stack_loads(tmp_path):
+    """Bad input that needs no data is reported without importing TensorFlow or TFDS
+    (~3 CPU-seconds), by each command-line entry."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    trained = tmp_path / "trained"  # a workdir as far as --evals needs one: its config
+    trained.mkdir()
+    (trained / "config.json").write_text("{}")
+    lenet = f"--config={ROOT / 'configs' / 'lenet5_mnist.py'}"
+    ok = [f"--config.data_dir={tmp_path / 'no_data'}", "--config.num_train_steps=2"]
+    cases = [
+        (["cnn_arch.main", lenet, f"--workdir={tmp_path / 'w1'}", *ok,
+          "--config.batch_size=-1"], "config.batch_size=-1"),
+        (["cnn_arch.main", lenet, f"--workdir={a_file}", *ok], "is a file"),
+        (["cnn_arch.evaluate", f"--workdir={trained}", "--evals=runing"], "'runing'"),
+        (["cnn_arch.benchmark", "--model=lenet6"], "lenet6"),
+    ]  # fmt: skip
+
+    def probe(case):
+        argv, _ = case
+        cmd = [sys.executable, "-c", _DATA_STACK_PROBE, *argv]
+        return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(probe, cases))
+    for (argv, words), proc in zip(cases, results, strict=True):
+        errs = error_lines(proc.stderr)
+        assert len(errs) == 1 and words in errs[0], (argv, proc.stderr[-800:])
+        assert proc.stdout.splitlines() == ["exit 2", "loaded"], (argv, proc.stdout)
+    assert not (tmp_path / "w1").exists()

@@ -19,10 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from cnn_arch import data, parallel
-from cnn_arch.data import faults
 from cnn_arch.errors import UserError
 
 METHODS = ("task", "knn", "msp")
@@ -40,6 +38,12 @@ def with_split(config, split: str, dataset: str | None = None) -> ml_collections
 def split_batches(run, config) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images, labels) of the real examples of ``config.eval_split``, in order."""
     if config.dataset == run.config.dataset and config.eval_pp == run.config.eval_pp:
+        # Imported here, not at the top: the evaluator's config check reads METHODS,
+        # and a bad config is reported before TensorFlow loads (cnn_arch.data).
+        import tensorflow_datasets as tfds
+
+        from cnn_arch.data import faults
+
         # The run's own data: only the split differs. num_train is zeroed so the eval
         # cache (keyed by the info) serves every normal class's run of one dataset.
         builder = tfds.builder(config.dataset, data_dir=data.data_dir_for(config))

@@ -15,18 +15,12 @@ import struct
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cnn_arch.errors import UserError
+from cnn_arch.errors import DataError, UserError
 
 # Check the CRCs of every record only when the split's shards are this small in total.
 CRC_SCAN_MAX_BYTES = 2 << 30
 # TensorFlow errors that come from the bytes on disk rather than from our code.
 READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError)
-
-
-class DataError(UserError):
-    """The dataset's files cannot be read (truncated or corrupted shard, missing file)."""
-
-    exit_code = 5
 
 
 def split_size(builder: tfds.core.DatasetBuilder, split: str, key: str) -> int:
