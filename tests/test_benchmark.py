@@ -177,3 +177,26 @@ def test_tuning_reaches_the_compiler():
     hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
     entry = hlo[hlo.index("ENTRY") :]
     assert " convolution(" in entry  # not wrapped in a __ynn_fusion
+
+
+def test_a_synthetic_run_loads_no_tensorflow():
+    """The benchmark's synthetic data needs no input pipeline, so TensorFlow stays out of
+    the process (it costs ~3 CPU-seconds to import and its threads compete with XLA's)."""
+    snippet = (
+        "import sys\n"
+        "from cnn_arch import benchmark, schema\n"
+        "c = schema.default_config()\n"
+        "c.update(model='lenet5', batch_size=8, num_classes=10)\n"
+        "run = benchmark.synthetic_run(c, (28, 28, 1))\n"
+        "benchmark.synthetic_batch(run, 8)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('tensorflow')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -15,8 +15,8 @@ from cnn_arch.errors import DataError  # defined there so catching it loads no T
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from cnn_arch.data.benchmark import benchmark_input
+    from cnn_arch.data.info import DataInfo
     from cnn_arch.data.pipeline import (
-        DataInfo,
         data_dir_for,
         dataset_info,
         eval_batches,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
 # Public name -> the submodule that defines it.
 _LAZY = {
     "benchmark_input": "benchmark",
-    "DataInfo": "pipeline",
+    "DataInfo": "info",
     "data_dir_for": "pipeline",
     "dataset_info": "pipeline",
     "eval_batches": "pipeline",
@@ -37,7 +37,17 @@ _LAZY = {
     "train_batches": "pipeline",
 }
 _SUBMODULES = frozenset(
-    {"benchmark", "faults", "image_folder", "offline", "ops", "pipeline", "pp", "preprocess"}
+    {
+        "benchmark",
+        "faults",
+        "image_folder",
+        "info",
+        "offline",
+        "ops",
+        "pipeline",
+        "pp",
+        "preprocess",
+    }
 )
 
 __all__ = [

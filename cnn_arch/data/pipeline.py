@@ -16,7 +16,6 @@ memory after the first pass.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import math
 import os
@@ -27,6 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnn_arch.data import faults, offline, pp, preprocess
+from cnn_arch.data.info import DataInfo
 from cnn_arch.errors import UserError
 
 # tf.data runs on the host only; keep TensorFlow off the accelerators JAX uses.
@@ -38,23 +38,6 @@ TASK_TARGETS = {"classification": "label", "segmentation": "segmentation_mask"}
 # decoded after the first pass (MNIST's test set: 31 MB, CIFAR-10's: 123 MB).
 EVAL_CACHE_MAX_BYTES = 256 << 20
 EVAL_CACHE_ENTRIES = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-    name: str
-    task: str  # 'classification' or 'segmentation'
-    num_classes: int
-    image_shape: tuple[int, int, int]  # after preprocessing (what the model sees)
-    num_train: int
-    num_eval: int
-    label_shape: tuple[int, ...] = ()  # per eval example: () or (H, W) for segmentation
-    train_pp: str = ""  # the preprocessing specs in use (the defaults filled in)
-    eval_pp: str = ""
-    # Training batches carry float32 (B, num_classes) label distributions (mixup/cutmix)
-    # instead of int labels; eval batches always carry int labels.
-    soft_labels: bool = False
-    jpeg: bool = False  # the image feature is JPEG bytes (crops can decode only the crop)
 
 
 def data_dir_for(config) -> str:
