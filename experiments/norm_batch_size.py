@@ -284,8 +284,7 @@ def _markdown(meta: dict, summary: dict, discrepancy: dict, scale: dict) -> str:
         "`batch_stats_1`: with one image the statistics of a conv BN are over that image's "
         "H x W positions per channel (instance normalization with BN's gamma and beta), so "
         "the logits still depend on the image, unlike the exactly constant output of a BN on "
-        "a dense layer at batch 1; whether the predicted class does is another matter (the "
-        "README gives the class histogram we saw).",
+        "a dense layer at batch 1.",
     ]
     return "\n".join(lines) + "\n"
 
