@@ -207,12 +207,15 @@ def command_line(script: str, argv: list[str] | None) -> str:
 def run_main(main: Callable[[], object]) -> None:
     """An experiment's ``if __name__ == '__main__'``: bad input (a ``UserError`` from the
     library or the script) is one ``error:`` line and its exit code, not a traceback; an
-    int that ``main`` returns is the exit status."""
-    from cnn_arch.errors import UserError
-
+    int that ``main`` returns is the exit status. Imports nothing itself: ``import
+    cnn_arch`` sets XLA flags and loads JAX, which a script may need to do later (speed.py's
+    workers: torch first, XLA flags per worker)."""
     try:
         status = main()
-    except UserError as e:
+    except Exception as e:
+        errors = sys.modules.get("cnn_arch.errors")  # loaded by whatever raised a UserError
+        if errors is None or not isinstance(e, errors.UserError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(status if isinstance(status, int) else 0)

@@ -42,3 +42,24 @@ def test_a_worker_is_terminated_when_the_experiment_dies(tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert marker.exists(), "the orphaned worker was not sent SIGTERM"
+
+
+def test_run_main_imports_no_cnn_arch_and_reports_user_errors():
+    """``import cnn_arch`` sets XLA flags and loads JAX: a script's __main__ wrapper must
+    leave that to the script (speed.py's workers each choose their own flags)."""
+    snippet = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'experiments')!r})\n"
+        "import _runs\n"
+        "def main():\n"
+        "    print(sorted(m for m in sys.modules if m.startswith('cnn_arch')))\n"
+        "    from cnn_arch.errors import UserError\n"
+        "    raise UserError('--x=1: bad')\n"
+        "_runs.run_main(main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "[]"
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: --x=1: bad"
