@@ -15,7 +15,7 @@ every conv/FC kernel of plain-56 and ResNet-56 at initialisation and after
 parameters, ``jax.grad`` of the task's loss on one training batch gives the gradients,
 then the run resumes to the end (the loop's resume is exact).
 
-    python experiments/degradation.py                   # default scale, ~40 min here
+    python experiments/degradation.py                   # default scale, ~25 min here
     python experiments/degradation.py --scale=smoke     # a minute, for the tests
 Full recipe on an accelerator: configs/{plain20,plain56,resnet20,resnet56}_cifar10.py.
 """
@@ -58,9 +58,9 @@ SCALES = {
     # subset; steps at batch 128; test / train_eval: evaluated images; evals: points on
     # the curves; grad_step: when the second gradient profile is taken.
     "default": {
-        "width": 0.25,
+        "width": 0.5,
         "train": 10_000,
-        "steps": 320,
+        "steps": 500,
         "batch": 128,
         "test": 1_000,
         "train_eval": 1_000,

@@ -24,7 +24,7 @@ def test_scaled_config_keeps_the_recipe_and_decays_at_half_and_three_quarters(mo
     config = degradation.config_for(model, scale, seed=0, data_dir="/tmp", num_steps=7)
     validate_config(config, device_count=1)
     assert config.model == model and config.num_train_steps == 7
-    assert list(config.model_kwargs.widths) == [4, 8, 16]  # (16, 32, 64) x 0.25
+    assert list(config.model_kwargs.widths) == [8, 16, 32]  # (16, 32, 64) x 0.5
     assert (config.momentum, config.weight_decay, config.learning_rate) == (0.9, 1e-4, 0.1)
     steps_per_epoch = scale["train"] // scale["batch"]
     schedule = optim.make_schedule(config, steps_per_epoch, scale["steps"])
