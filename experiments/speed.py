@@ -39,11 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
-# The user's own XLA_FLAGS, read before anything imports cnn_arch (``_runs.run_main``
-# does, and ``import cnn_arch`` adds the tuned flags to this process's environment):
-# the workers start from these, so the XLA-default worker really runs XLA's defaults.
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
-
 import _runs  # noqa: E402
 
 MACHINE = "2-core Xeon CPU (AVX-512/AMX), shared"
@@ -274,14 +269,6 @@ def worker(kind: str) -> None:
         out.flush()
 
 
-def _environment_without_tuning() -> dict[str, str]:
-    """This process's environment with XLA_FLAGS as the user set it (or unset)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if USER_XLA_FLAGS is not None:
-        env["XLA_FLAGS"] = USER_XLA_FLAGS
-    return env
-
-
 class Worker:
     """A worker process and its command pipe."""
 
@@ -289,7 +276,7 @@ class Worker:
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, __file__, f"--worker={kind}"],
-            env={**_environment_without_tuning(), "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -439,7 +426,7 @@ def main() -> None:
         parser.error(f"--seeds={args.seeds!r}: a comma-separated list of integers")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    if "xla_cpu_experimental_ynn_fusion_type" in (USER_XLA_FLAGS or ""):
+    if "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
         parser.error("XLA_FLAGS already sets the YNNPACK fusion types; unset it for this script")
     workloads = {
         k: v
