@@ -61,3 +61,25 @@ def test_smoke_scale_counts_match_torchvision_and_writes_files(tmp_path):
         assert row["gmacs"] == pytest.approx(ref.gmacs, rel=0.02)
         assert all(t["images_per_sec"] > 0 for t in row["throughput"].values())
         assert row["top1_source"] == "torchvision"
+
+
+def test_workdir_keeps_timed_models_and_a_rerun_reuses_them(tmp_path, monkeypatch):
+    timed = []
+
+    def fake_throughput(name, batch_size, steps):
+        timed.append((name, batch_size))
+        return {
+            "images_per_sec": 10.0 * batch_size,
+            "ms_per_step": 100.0,
+            "cpu_ms_per_step": 150.0,
+            "compile_seconds": 1.0,
+            "timed_steps": steps,
+        }
+
+    monkeypatch.setattr(accuracy_vs_cost, "throughput", fake_throughput)
+    monkeypatch.setattr(accuracy_vs_cost, "counts", lambda name: {"params": 1e6, "gmacs": 0.5})
+    argv = ["--scale=smoke", f"--out_dir={tmp_path / 'out'}", f"--workdir={tmp_path / 'w'}"]
+    first = accuracy_vs_cost.main(argv)
+    assert len(timed) == 2 * len(accuracy_vs_cost.SCALES["smoke"]["models"])
+    assert accuracy_vs_cost.main(argv) == first  # every row from the kept workdir
+    assert len(timed) == 2 * len(accuracy_vs_cost.SCALES["smoke"]["models"])
